@@ -1,0 +1,58 @@
+"""pynq_alloc: PYNQ-style DMA buffers (physically contiguous numpy arrays) via u-dma-buf.
+
+>>> from pynq_alloc import allocate
+>>> buf = allocate(shape=(5,), dtype='u4')
+>>> buf[:] = range(5)
+>>> buf.flush()
+>>> hex(buf.device_address)  # hand this to the DMA engine in the PL
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Union
+
+from .allocate import allocate
+from .backends import get_backend
+from .backends.udmabuf import RegionInfo, UdmabufBackend
+from .buffer import Buffer
+from .errors import (
+    BufferFreedError,
+    DeviceError,
+    DevicePermissionError,
+    DriverInterfaceError,
+    DriverNotFoundError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    LedgerError,
+    OutOfMemoryError,
+    PynqAllocError,
+    RegionNotFoundError,
+    SyncError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Buffer",
+    "BufferFreedError",
+    "DeviceError",
+    "DevicePermissionError",
+    "DriverInterfaceError",
+    "DriverNotFoundError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "LedgerError",
+    "OutOfMemoryError",
+    "PynqAllocError",
+    "RegionInfo",
+    "RegionNotFoundError",
+    "SyncError",
+    "__version__",
+    "allocate",
+    "regions",
+]
+
+
+def regions(backend: Union[str, UdmabufBackend, Any, None] = None) -> List[RegionInfo]:
+    """Every memory region the backend offers (``udmabuf0`` first)."""
+    return get_backend(backend).regions()

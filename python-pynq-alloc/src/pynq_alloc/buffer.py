@@ -1,0 +1,263 @@
+"""Buffer: a numpy array over a block of physically contiguous memory.
+
+Built the way ``numpy.memmap`` is: the region's one mapping is handed to
+``ndarray.__new__`` as ``buffer=``; ``__array_finalize__`` gives every view of a
+buffer (slices, reshapes, ``view('u1')``...) the same block, so it knows its own
+physical address; ``__array_wrap__`` and the copying methods return plain
+``ndarray`` for results that live in new memory (``b + 1``, ``b.copy()``).
+
+Lifetime: ``freebuffer()``/``close()`` free the whole allocation, whichever of
+its arrays they are called on. The array they are called on is emptied at once
+(shape ``(0,)``); the block goes back to the pool when no array refers to it
+any more: at once when there are no views, otherwise when the last view is
+garbage collected (the release is *deferred*, never refused). Meanwhile the
+memory stays mapped and reserved, so a surviving view can never fault nor see
+another buffer's data, and every pynq_alloc call on it (``device_address``,
+``flush``...) raises :class:`~pynq_alloc.errors.BufferFreedError`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Tuple
+
+import numpy as np
+
+from .backends.udmabuf import FROM_DEVICE, TO_DEVICE, MappingKind
+from .errors import BufferFreedError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from .backends.udmabuf import RegionHandle, RegionInfo
+
+
+class Block:
+    """One allocation: a byte range of a region, shared by a buffer and all its views.
+
+    When the last array that refers to it goes away, CPython drops the block and
+    :meth:`__del__` gives the range back to the region's ledger.
+    """
+
+    __slots__ = ("cacheable", "freed", "handle", "kind", "offset", "owner_pid", "phys",
+                 "size", "virt")
+
+    def __init__(self, handle: RegionHandle, offset: int, size: int, virt: int, kind: str) -> None:
+        self.handle = handle
+        self.offset = offset
+        self.size = size
+        self.phys = handle.region.phys_addr + offset
+        self.virt = virt
+        self.kind = kind
+        self.cacheable = kind == MappingKind.CACHED
+        self.freed = False
+        self.owner_pid = os.getpid()
+
+    def __del__(self) -> None:
+        try:
+            if self.owner_pid == os.getpid():
+                self.handle.ledger.free(self.offset)
+        except Exception:  # interpreter shutdown, or a closed ledger: the slot lock frees it
+            pass
+
+
+class _FreedMarker:
+    """Stands in for the block of an array that freebuffer() emptied."""
+
+
+_FREED = _FreedMarker()
+
+
+class Buffer(np.ndarray):  # type: ignore[type-arg]
+    """A numpy array in physically contiguous memory that a DMA engine can reach.
+
+    Make one with :func:`pynq_alloc.allocate`. Views keep their own
+    ``device_address``; results in new memory are plain ``numpy.ndarray``.
+    Pickling (and ``copy()``, ``astype()``) gives a plain ``ndarray`` holding a
+    copy of the data: a device address means nothing in another process.
+    """
+
+    _block: Any = None
+
+    @classmethod
+    def _from_block(cls, block: Block, mapping: Any, shape: Tuple[int, ...],
+                    dtype: np.dtype[Any]) -> Buffer:
+        self = np.ndarray.__new__(cls, shape, dtype=dtype, buffer=mapping, offset=block.offset)
+        self._block = block
+        return self
+
+    def __array_finalize__(self, obj: Any) -> None:
+        block = getattr(obj, "_block", None)
+        if isinstance(block, Block) and np.may_share_memory(self, obj):
+            self._block = block
+        else:
+            self._block = None
+
+    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # A ufunc result written into a buffer (out=, +=) stays that buffer; anything
+        # else lives in new memory and must not claim a device address.
+        if isinstance(arr, Buffer) and isinstance(arr._block, Block):
+            return arr
+        result = arr.view(np.ndarray)
+        if return_scalar or result.shape == ():
+            return result[()]  # e.g. np.sum(buf): a numpy scalar, as for plain arrays
+        return result
+
+    # -- results in new memory are plain ndarrays --------------------------------------
+    def copy(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg]
+        """A plain ``ndarray`` copy (no device address)."""
+        return np.array(self, order=order, copy=True, subok=False)
+
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override,type-arg]
+        """Like ``ndarray.astype``; the result is a plain ``ndarray`` in new memory."""
+        result = self.view(np.ndarray).astype(dtype, *args, **kwargs)
+        return result if result is not self else self.view(np.ndarray)
+
+    def flatten(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg]
+        """A flattened plain ``ndarray`` copy."""
+        return self.view(np.ndarray).flatten(order)
+
+    def __copy__(self) -> np.ndarray:  # type: ignore[type-arg]
+        return self.copy()
+
+    def __deepcopy__(self, memo: Any) -> np.ndarray:  # type: ignore[type-arg]
+        return self.copy()
+
+    def __reduce__(self) -> Any:
+        return self.view(np.ndarray).__reduce__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.view(np.ndarray).__reduce_ex__(protocol)
+
+    # -- the block behind this array -----------------------------------------------------
+    def _live_block(self) -> Block:
+        block = self._block
+        if isinstance(block, Block) and not block.freed:
+            return block
+        if block is _FREED or isinstance(block, Block):
+            raise BufferFreedError(
+                "this buffer was freed (freebuffer()/close() on it or on the buffer it views); "
+                "its memory may no longer be handed to a device. Allocate a new buffer."
+            )
+        raise InvalidArgumentError(
+            "this array is not in DMA memory (it is a copy, or was made by "
+            "np.ndarray.__new__): allocate it with pynq_alloc.allocate()"
+        )
+
+    def _data_address(self) -> int:
+        return int(self.__array_interface__["data"][0])
+
+    def _byte_span(self) -> Tuple[int, int]:
+        """[low, high) virtual addresses of the bytes this array spans (any strides)."""
+        low = high = self._data_address()
+        if self.size == 0:
+            return low, low
+        for extent, stride in zip(self.shape, self.strides):
+            if stride < 0:
+                low += (extent - 1) * stride
+            else:
+                high += (extent - 1) * stride
+        return low, high + self.itemsize
+
+    # -- addresses and properties -----------------------------------------------------------
+    @property
+    def device_address(self) -> int:
+        """Physical (bus) address of this array's first element, to hand to the PL."""
+        block = self._live_block()
+        return block.phys + (self._data_address() - block.virt)
+
+    @property
+    def physical_address(self) -> int:
+        """Alias of :attr:`device_address` (PYNQ's name)."""
+        return self.device_address
+
+    @property
+    def virtual_address(self) -> int:
+        """Address of this array's first element in this process."""
+        self._live_block()
+        return self._data_address()
+
+    @property
+    def coherent(self) -> bool:
+        """True when the device sees the CPU's caches (no flush/invalidate needed)."""
+        return bool(self._live_block().handle.region.coherent)
+
+    @property
+    def cacheable(self) -> bool:
+        """True when the CPU caches this memory (False: write-combine or uncached)."""
+        return self._live_block().cacheable
+
+    @property
+    def region(self) -> RegionInfo:
+        """The memory region (u-dma-buf device) this buffer lives in."""
+        return self._live_block().handle.region
+
+    @property
+    def freed(self) -> bool:
+        """True once freebuffer()/close() was called on this buffer or one of its views."""
+        block = self._block
+        return block is _FREED or (isinstance(block, Block) and block.freed)
+
+    # -- cache maintenance --------------------------------------------------------------------
+    def _sync(self, direction: int) -> None:
+        block = self._live_block()
+        if block.handle.region.coherent or not block.cacheable:
+            return  # coherent port, or an uncached/write-combine mapping: nothing to maintain
+        low, high = self._byte_span()
+        if high > low:
+            block.handle.sync(block.offset + (low - block.virt), high - low, direction)
+
+    def flush(self) -> None:
+        """Write the CPU cache lines of exactly this array's bytes back to memory.
+
+        Call after the CPU wrote and before a device reads. No-op when coherent.
+        """
+        self._sync(TO_DEVICE)
+
+    def invalidate(self) -> None:
+        """Drop the CPU cache lines of this array's bytes, so the CPU reads what a device wrote.
+
+        Call after a device wrote and before the CPU reads. No-op when coherent.
+        """
+        self._sync(FROM_DEVICE)
+
+    def sync_to_device(self) -> None:
+        """Same as :meth:`flush`."""
+        self._sync(TO_DEVICE)
+
+    def sync_from_device(self) -> None:
+        """Same as :meth:`invalidate`."""
+        self._sync(FROM_DEVICE)
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def freebuffer(self) -> None:
+        """Free the allocation; idempotent. See the module docstring for views."""
+        block = self._block
+        if block is _FREED:
+            return
+        if not isinstance(block, Block):
+            raise InvalidArgumentError(
+                "this array is not in DMA memory (a copy): there is nothing to free")
+        block.freed = True
+        self._block = _FREED
+        # Detach this array from the memory (numpy's own pickling entry point, used
+        # in place): it becomes empty, so no access through it can reach the block
+        # after the block has gone back to the pool.
+        np.ndarray.__setstate__(self, (1, (0,), self.dtype, False, b""))
+
+    def close(self) -> None:
+        """Same as :meth:`freebuffer` (idempotent)."""
+        self.freebuffer()
+
+    def __enter__(self) -> Buffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.freebuffer()
+
+    def __repr__(self) -> str:
+        if not isinstance(self._block, Block) or self._block.freed:
+            state = "freed" if self.freed else "no device address"
+            return f"Buffer(<{state}>, dtype={self.dtype})"
+        return (f"Buffer({np.array2string(self.view(np.ndarray), threshold=20)}, "
+                f"dtype={self.dtype}, device_address={self.device_address:#x})")
+
+    __str__ = np.ndarray.__str__

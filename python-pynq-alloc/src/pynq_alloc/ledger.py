@@ -1,0 +1,389 @@
+"""Cross-process ownership of a region's blocks, with reclaim of dead owners.
+
+Every process on the board that allocates from a region shares one ledger
+file (``<run_dir>/<region>.ledger``, on tmpfs). It is an append-only log of
+block operations behind a fixed header; each process keeps a mirror
+:class:`~pynq_alloc.pool.Pool` and, under an exclusive ``flock``, replays only
+the records appended since it last looked, so an operation costs O(1) amortised
+whatever the number of live blocks. When the log grows long it is compacted
+into a snapshot of the live blocks, written beside the old data and committed by
+one header write, so a process killed at any instant leaves a valid ledger.
+
+Owners are *slots*, not PIDs: each process holds a POSIX record lock on one
+byte (``_SLOT_LOCK_BASE + slot``) of the ledger file for its lifetime. The
+kernel drops that lock when the process dies however it dies (SIGKILL
+included), so "is the owner alive?" is one non-blocking lock attempt and PID
+reuse cannot fool it. Blocks of a dead slot return to the pool the next time
+any process allocates.
+
+The caveat of POSIX locks: closing *any* descriptor of the file drops all of
+the process's locks on it, so this module opens the file exactly once per
+process and region.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import threading
+import warnings
+import zlib
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Set, Tuple
+
+from .errors import DevicePermissionError, InvalidArgumentError, LedgerError, device_error
+from .pool import Pool, PoolStats
+
+if TYPE_CHECKING:
+    from .backends.udmabuf import RegionHandle
+
+_MAGIC = b"PYNQALC1"
+_VERSION = 1
+# magic, version, record size, region size, region phys, epoch, data start, records, crc32
+_HEADER = struct.Struct("<8sIIQQQQQI")
+_HEADER_SPACE = 128
+# op, slot, offset, size, aux (ALLOC: start of the free block it was carved from)
+_RECORD = struct.Struct("<BxHIQQQ")
+_OP_ALLOC, _OP_FREE, _OP_BLOCK = 1, 2, 3
+_SLOT_LOCK_BASE = 1 << 40  # far beyond any data: lock bytes never overlap records
+_MAX_SLOTS = 1 << 15
+_COMPACT_MIN_RECORDS = 4096
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class Ledger:
+    """The shared ownership record of one region, as seen from this process."""
+
+    def __init__(self, path: str, fd: int, pool: Pool, region_name: str) -> None:
+        self.path = path
+        self.fd = fd
+        self.pool = pool
+        self.region_name = region_name
+        self.pid = os.getpid()
+        self.slot = -1
+        self._epoch = -1
+        self._data_start = _HEADER_SPACE
+        self._records = 0
+        self._owner: Dict[int, int] = {}  # block offset -> slot
+        self._blocks_of: Dict[int, Set[int]] = {}  # slot -> block offsets
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._deferred: List[int] = []
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def open(cls, handle: RegionHandle) -> Ledger:
+        region = handle.region
+        run_dir = handle.backend.run_dir
+        path = os.path.join(run_dir, f"{region.name}.ledger")
+        gid = _group_of(region.device_path)
+        _ensure_dir(run_dir, gid)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        except OSError as exc:
+            raise device_error(exc, f"cannot open the ledger of region {region.name}", path) from exc
+        if gid is not None:
+            try:  # let every member of the device's group share the ledger
+                st = os.fstat(fd)
+                if st.st_uid == os.geteuid() and st.st_gid != gid:
+                    os.fchown(fd, -1, gid)
+                    os.fchmod(fd, 0o660)
+            except OSError:
+                pass
+        pool = Pool(region.size, region.phys_addr)
+        ledger = cls(path, fd, pool, region.name)
+        ledger._region_key = (region.size, region.phys_addr)
+        with ledger._locked(catch_up=False):
+            ledger._load_or_init()
+            ledger._take_slot()
+        return ledger
+
+    def close(self) -> None:
+        if self.fd >= 0 and self.pid == os.getpid():
+            os.close(self.fd)  # drops our slot lock: our blocks become reclaimable
+        self.fd = -1
+
+    # -- locking and replay --------------------------------------------------------
+    @contextmanager
+    def _locked(self, catch_up: bool = True) -> Iterator[None]:
+        with self._thread_lock:
+            self._depth += 1
+            outermost = self._depth == 1
+            try:
+                if outermost:
+                    if self.fd < 0 or self.pid != os.getpid():
+                        raise LedgerError(
+                            f"the ledger of region {self.region_name} belongs to process "
+                            f"{self.pid}; a forked child allocates through its own handle",
+                            errno.EBADF, self.path)
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                try:
+                    if outermost and catch_up:
+                        self._catch_up()
+                    yield
+                    while outermost and self._deferred:
+                        self._free_locked(self._deferred.pop())
+                finally:
+                    if outermost:
+                        fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                self._depth -= 1
+
+    def _read_header(self) -> Tuple[int, int, int, int, int]:
+        raw = os.pread(self.fd, _HEADER.size, 0)
+        if len(raw) < _HEADER.size:
+            raise _Corrupt(f"header is {len(raw)} bytes long, expected {_HEADER.size}")
+        magic, version, rec_size, size, phys, epoch, start, count, crc = _HEADER.unpack(raw)
+        if magic != _MAGIC:
+            raise _Corrupt(f"bad magic {magic!r}")
+        if zlib.crc32(raw[: _HEADER.size - 4]) != crc:
+            raise _Corrupt("header checksum mismatch")
+        if version != _VERSION or rec_size != _RECORD.size:
+            raise _Corrupt(f"format version {version} (record size {rec_size}) is not ours")
+        return size, phys, epoch, start, count
+
+    def _write_header(self, epoch: int, start: int, count: int) -> None:
+        size, phys = self._region_key
+        body = _HEADER.pack(_MAGIC, _VERSION, _RECORD.size, size, phys, epoch, start, count, 0)
+        crc = zlib.crc32(body[: _HEADER.size - 4])
+        os.pwrite(self.fd, body[:-4] + struct.pack("<I", crc), 0)
+        self._epoch, self._data_start, self._records = epoch, start, count
+
+    def _load_or_init(self) -> None:
+        if os.fstat(self.fd).st_size == 0:
+            self._write_header(0, _HEADER_SPACE, 0)
+            return
+        try:
+            size, phys, _, _, _ = self._read_header()
+            if (size, phys) != self._region_key:
+                raise _Corrupt(f"it describes a region of {size} bytes at {phys:#x}, "
+                               f"not {self._region_key[0]} bytes at {self._region_key[1]:#x}")
+            self._catch_up()
+        except _Corrupt as why:
+            self._recover(str(why))
+
+    def _recover(self, why: str) -> None:
+        """Start a fresh ledger when nobody else uses this one; refuse otherwise."""
+        if self._other_slots_alive():
+            raise LedgerError(
+                f"the ledger {self.path} of region {self.region_name} is corrupt ({why}) while "
+                f"other processes use the region. Stop every process that uses "
+                f"{self.region_name}, then delete {self.path}: it is rebuilt on the next "
+                f"allocation.", errno.EUCLEAN, self.path)
+        warnings.warn(f"pynq_alloc: the ledger {self.path} was unusable ({why}) and no process "
+                      f"used it: starting a fresh one", RuntimeWarning, stacklevel=4)
+        os.ftruncate(self.fd, 0)
+        self._reset_mirror()
+        self._write_header(0, _HEADER_SPACE, 0)
+
+    def _reset_mirror(self) -> None:
+        self.pool = Pool(self.pool.size, self.pool.base_address, self.pool.granule)
+        self._owner.clear()
+        self._blocks_of.clear()
+
+    def _catch_up(self) -> None:
+        try:
+            _, _, epoch, start, count = self._read_header()
+            if epoch != self._epoch:
+                self._reset_mirror()
+                self._epoch, self._data_start, self._records = epoch, start, 0
+            if count > self._records:
+                self._replay(self._records, count)
+        except _Corrupt as why:
+            raise LedgerError(
+                f"the ledger {self.path} of region {self.region_name} is corrupt ({why}). Stop "
+                f"every process that uses {self.region_name}, then delete {self.path}: it is "
+                f"rebuilt on the next allocation.", errno.EUCLEAN, self.path) from None
+
+    def _replay(self, first: int, last: int) -> None:
+        raw = os.pread(self.fd, (last - first) * _RECORD.size,
+                       self._data_start + first * _RECORD.size)
+        if len(raw) != (last - first) * _RECORD.size:
+            raise _Corrupt(f"{last} records announced, file holds fewer")
+        snapshot_free = 0
+        for index, (op, slot, _, offset, size, aux) in enumerate(_RECORD.iter_unpack(raw)):
+            try:
+                if op == _OP_ALLOC:
+                    self.pool.carve(aux, offset, size)
+                elif op == _OP_FREE:
+                    self.pool.release(offset)
+                elif op == _OP_BLOCK:
+                    self.pool.carve(snapshot_free, offset, size)
+                    snapshot_free = offset + size
+                else:
+                    raise _Corrupt(f"record {first + index} has unknown operation {op}")
+            except InvalidArgumentError as exc:
+                raise _Corrupt(f"record {first + index}: {exc}") from None
+            if op == _OP_FREE:
+                owner = self._owner.pop(offset)
+                self._blocks_of[owner].discard(offset)
+            else:
+                self._owner[offset] = slot
+                self._blocks_of.setdefault(slot, set()).add(offset)
+        self._records = last
+
+    def _append(self, op: int, slot: int, offset: int, size: int, aux: int) -> None:
+        record = _RECORD.pack(op, slot, 0, offset, size, aux)
+        os.pwrite(self.fd, record, self._data_start + self._records * _RECORD.size)
+        self._write_header(self._epoch, self._data_start, self._records + 1)
+        if self._records >= _COMPACT_MIN_RECORDS and self._records > 4 * len(self._owner):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Write a snapshot of the live blocks where it overlaps no current data; commit it."""
+        blocks = sorted(self.pool.used_blocks())
+        snapshot = b"".join(_RECORD.pack(_OP_BLOCK, self._owner[off], 0, off, size, 0)
+                            for off, size in blocks)
+        data_end = self._data_start + self._records * _RECORD.size
+        if self._data_start - _HEADER_SPACE >= len(snapshot):
+            start = _HEADER_SPACE
+        else:
+            start = data_end
+        os.pwrite(self.fd, snapshot, start)
+        self._write_header(self._epoch + 1, start, len(blocks))
+        if start == _HEADER_SPACE:
+            os.ftruncate(self.fd, start + len(snapshot))
+        self._records = len(blocks)
+
+    # -- owners ----------------------------------------------------------------------
+    def _slot_free(self, slot: int) -> bool:
+        """True when no living process holds ``slot``'s lock byte (tries to take it)."""
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SLOT_LOCK_BASE + slot)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def _release_slot_lock(self, slot: int) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, _SLOT_LOCK_BASE + slot)
+
+    def _other_slots_alive(self) -> bool:
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, _MAX_SLOTS, _SLOT_LOCK_BASE)
+        except OSError:
+            return True
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, _MAX_SLOTS, _SLOT_LOCK_BASE)
+        if self.slot >= 0:  # unlocking the range dropped our own byte too: take it back
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SLOT_LOCK_BASE + self.slot)
+        return False
+
+    def _take_slot(self) -> None:
+        for slot in range(_MAX_SLOTS):
+            if self._slot_free(slot):
+                self.slot = slot
+                self._reclaim(slot)  # whatever a dead former holder left
+                return
+        raise LedgerError(
+            f"all {_MAX_SLOTS} owner slots of {self.path} are held by living processes; "
+            f"fewer processes must use region {self.region_name} at once", errno.EUSERS, self.path)
+
+    def _reclaim(self, slot: int) -> int:
+        offsets = self._blocks_of.pop(slot, set())
+        for offset in sorted(offsets):
+            self.pool.release(offset)
+            del self._owner[offset]
+            self._append(_OP_FREE, slot, offset, 0, 0)
+        return len(offsets)
+
+    def reclaim_dead(self) -> int:
+        """Return to the pool every block whose owner process has died; count them."""
+        reclaimed = 0
+        for slot in [s for s, blocks in self._blocks_of.items() if blocks and s != self.slot]:
+            if self._slot_free(slot):
+                reclaimed += self._reclaim(slot)
+                self._release_slot_lock(slot)
+        return reclaimed
+
+    # -- the operations ----------------------------------------------------------------
+    def allocate(self, size: int, align: int) -> Tuple[int, int]:
+        """Take a block for this process: (offset, size really taken)."""
+        with self._locked():
+            self.reclaim_dead()
+            align = max(align, self.pool.granule)
+            size = self.pool.round_size(size)
+            spot = self.pool.find(size, align)
+            if spot is None:
+                raise self.pool.out_of_memory(size, align)
+            free_start, offset = spot
+            self.pool.carve(free_start, offset, size)
+            self._owner[offset] = self.slot
+            self._blocks_of.setdefault(self.slot, set()).add(offset)
+            self._append(_OP_ALLOC, self.slot, offset, size, free_start)
+            return offset, size
+
+    def free(self, offset: int) -> None:
+        """Give back a block of this process. Re-entrant: a free that happens while this
+        thread is inside a ledger operation (garbage collection) runs when it ends."""
+        if self.fd < 0 or self.pid != os.getpid():
+            return  # forked child, or closed: the block is not ours to give back
+        with self._thread_lock:
+            if self._depth:
+                self._deferred.append(offset)
+                return
+            with self._locked():
+                self._free_locked(offset)
+
+    def _free_locked(self, offset: int) -> None:
+        if self._owner.get(offset) != self.slot:
+            return  # already reclaimed or given back: nothing to do
+        self.pool.release(offset)
+        del self._owner[offset]
+        self._blocks_of[self.slot].discard(offset)
+        self._append(_OP_FREE, self.slot, offset, 0, 0)
+
+    # -- inspection ---------------------------------------------------------------------
+    def stats(self) -> PoolStats:
+        with self._locked():
+            self.reclaim_dead()
+            return self.pool.stats()
+
+    def live_blocks(self) -> List[Tuple[int, int, int]]:
+        """(offset, size, owner slot) of every live block, after catching up."""
+        with self._locked():
+            return sorted((off, size, self._owner[off]) for off, size in self.pool.used_blocks())
+
+    def check(self) -> None:
+        """Verify the mirror against the file and the pool invariants (AssertionError)."""
+        with self._locked():
+            self.pool.check()
+            if set(self._owner) != {off for off, _ in self.pool.used_blocks()}:
+                raise AssertionError("owners do not match the used blocks")
+            fresh = Ledger(self.path, self.fd, Pool(self.pool.size, self.pool.base_address),
+                           self.region_name)
+            fresh._region_key = self._region_key
+            fresh._catch_up()
+            if sorted(fresh.pool.used_blocks()) != sorted(self.pool.used_blocks()):
+                raise AssertionError("the ledger file and this process's mirror disagree")
+
+
+def _group_of(device_path: str) -> Optional[int]:
+    try:
+        return os.stat(device_path).st_gid
+    except OSError:
+        return None
+
+
+def _ensure_dir(run_dir: str, gid: Optional[int]) -> None:
+    if os.path.isdir(run_dir):
+        return
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        # setgid + group-writable: every member of the device's group shares the ledgers.
+        if gid is not None:
+            os.chown(run_dir, -1, gid)
+        os.chmod(run_dir, 0o2770)
+    except PermissionError as exc:
+        raise DevicePermissionError(
+            f"cannot create the ledger directory {run_dir}: {exc.strerror}. Create it once as "
+            f"root: `install -d -m 2770 -g dma {run_dir}` (the meta-pynq-alloc image does it at "
+            f"boot), or point PYNQ_ALLOC_RUN_DIR at a directory shared by every user of the "
+            f"regions.", exc.errno or errno.EACCES, run_dir) from exc
+    except OSError as exc:
+        raise device_error(exc, "cannot create the ledger directory", run_dir) from exc
