@@ -39,7 +39,7 @@ def _check_shape(shape: Any) -> Tuple[int, ...]:
 
 def _check_dtype(dtype: Any) -> np.dtype[Any]:
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype[Any] = np.dtype(dtype)
     except TypeError as exc:
         raise InvalidTypeError(
             f"dtype={dtype!r} is not a numpy dtype ({exc}); use e.g. 'u4', np.int16 or a "

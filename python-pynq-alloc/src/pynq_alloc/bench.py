@@ -99,7 +99,7 @@ def copy_vs_ndarray(backend: Any = None, nbytes: int = 64 << 20) -> Ratio:
 def syscalls_per_flush(backend: Any = None, flushes: int = 1000) -> Ratio:
     buf = allocate(4096, "u1", backend=backend)
     try:
-        handle = buf.region and get_backend(backend).handle(buf.region)
+        handle = get_backend(backend).handle(buf.region)
         buf.flush()  # opens the sync channel once
         before = handle.sync_calls
         for _ in range(flushes):

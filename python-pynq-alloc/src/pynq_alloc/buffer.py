@@ -50,9 +50,11 @@ class Block:
         self.cacheable = kind == MappingKind.CACHED
         self.freed = False
         self.owner_pid = os.getpid()
+        handle.live_blocks += 1
 
     def __del__(self) -> None:
         try:
+            self.handle.live_blocks -= 1
             if self.owner_pid == os.getpid():
                 self.handle.ledger.free(self.offset)
         except Exception:  # interpreter shutdown, or a closed ledger: the slot lock frees it
@@ -66,7 +68,7 @@ class _FreedMarker:
 _FREED = _FreedMarker()
 
 
-class Buffer(np.ndarray):  # type: ignore[type-arg]
+class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
     """A numpy array in physically contiguous memory that a DMA engine can reach.
 
     Make one with :func:`pynq_alloc.allocate`. Views keep their own
@@ -80,7 +82,8 @@ class Buffer(np.ndarray):  # type: ignore[type-arg]
     @classmethod
     def _from_block(cls, block: Block, mapping: Any, shape: Tuple[int, ...],
                     dtype: np.dtype[Any]) -> Buffer:
-        self = np.ndarray.__new__(cls, shape, dtype=dtype, buffer=mapping, offset=block.offset)
+        self: Buffer = np.ndarray.__new__(cls, shape, dtype=dtype, buffer=mapping,
+                                          offset=block.offset)
         self._block = block
         return self
 
@@ -102,23 +105,29 @@ class Buffer(np.ndarray):  # type: ignore[type-arg]
         return result
 
     # -- results in new memory are plain ndarrays --------------------------------------
-    def copy(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg]
+    def __getitem__(self, index: Any) -> Any:
+        result = super().__getitem__(index)
+        if type(result) is Buffer and result._block is None:
+            return result.view(np.ndarray)  # fancy indexing copies: no device address
+        return result
+
+    def copy(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         """A plain ``ndarray`` copy (no device address)."""
         return np.array(self, order=order, copy=True, subok=False)
 
-    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override,type-arg]
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         """Like ``ndarray.astype``; the result is a plain ``ndarray`` in new memory."""
         result = self.view(np.ndarray).astype(dtype, *args, **kwargs)
         return result if result is not self else self.view(np.ndarray)
 
-    def flatten(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg]
+    def flatten(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         """A flattened plain ``ndarray`` copy."""
         return self.view(np.ndarray).flatten(order)
 
-    def __copy__(self) -> np.ndarray:  # type: ignore[type-arg]
+    def __copy__(self) -> np.ndarray:  # type: ignore[type-arg,unused-ignore]
         return self.copy()
 
-    def __deepcopy__(self, memo: Any) -> np.ndarray:  # type: ignore[type-arg]
+    def __deepcopy__(self, memo: Any) -> np.ndarray:  # type: ignore[type-arg,unused-ignore]
         return self.copy()
 
     def __reduce__(self) -> Any:
@@ -241,7 +250,8 @@ class Buffer(np.ndarray):  # type: ignore[type-arg]
         # Detach this array from the memory (numpy's own pickling entry point, used
         # in place): it becomes empty, so no access through it can reach the block
         # after the block has gone back to the pool.
-        np.ndarray.__setstate__(self, (1, (0,), self.dtype, False, b""))
+        state: Any = (1, (0,), self.dtype, False, b"")
+        np.ndarray.__setstate__(self, state)
 
     def close(self) -> None:
         """Same as :meth:`freebuffer` (idempotent)."""

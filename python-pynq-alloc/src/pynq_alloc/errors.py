@@ -43,9 +43,10 @@ class DeviceError(PynqAllocError, OSError):
         self.errno = err
         self.filename = path
         self.strerror = message
+        self.message = message
 
     def __str__(self) -> str:
-        return self.strerror
+        return self.message
 
 
 class DriverNotFoundError(DeviceError, FileNotFoundError):

@@ -52,7 +52,7 @@ _MAX_SLOTS = 1 << 15
 _COMPACT_MIN_RECORDS = 4096
 
 
-class _Corrupt(Exception):
+class _CorruptError(Exception):
     pass
 
 
@@ -71,6 +71,7 @@ class Ledger:
         self._records = 0
         self._owner: Dict[int, int] = {}  # block offset -> slot
         self._blocks_of: Dict[int, Set[int]] = {}  # slot -> block offsets
+        self._region_key = (pool.size, pool.base_address)
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._deferred: List[int] = []
@@ -86,7 +87,8 @@ class Ledger:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
         except OSError as exc:
-            raise device_error(exc, f"cannot open the ledger of region {region.name}", path) from exc
+            what = f"cannot open the ledger of region {region.name}"
+            raise device_error(exc, what, path) from exc
         if gid is not None:
             try:  # let every member of the device's group share the ledger
                 st = os.fstat(fd)
@@ -97,7 +99,6 @@ class Ledger:
                 pass
         pool = Pool(region.size, region.phys_addr)
         ledger = cls(path, fd, pool, region.name)
-        ledger._region_key = (region.size, region.phys_addr)
         with ledger._locked(catch_up=False):
             ledger._load_or_init()
             ledger._take_slot()
@@ -137,14 +138,14 @@ class Ledger:
     def _read_header(self) -> Tuple[int, int, int, int, int]:
         raw = os.pread(self.fd, _HEADER.size, 0)
         if len(raw) < _HEADER.size:
-            raise _Corrupt(f"header is {len(raw)} bytes long, expected {_HEADER.size}")
+            raise _CorruptError(f"header is {len(raw)} bytes long, expected {_HEADER.size}")
         magic, version, rec_size, size, phys, epoch, start, count, crc = _HEADER.unpack(raw)
         if magic != _MAGIC:
-            raise _Corrupt(f"bad magic {magic!r}")
+            raise _CorruptError(f"bad magic {magic!r}")
         if zlib.crc32(raw[: _HEADER.size - 4]) != crc:
-            raise _Corrupt("header checksum mismatch")
+            raise _CorruptError("header checksum mismatch")
         if version != _VERSION or rec_size != _RECORD.size:
-            raise _Corrupt(f"format version {version} (record size {rec_size}) is not ours")
+            raise _CorruptError(f"format version {version} (record size {rec_size}) is not ours")
         return size, phys, epoch, start, count
 
     def _write_header(self, epoch: int, start: int, count: int) -> None:
@@ -161,10 +162,10 @@ class Ledger:
         try:
             size, phys, _, _, _ = self._read_header()
             if (size, phys) != self._region_key:
-                raise _Corrupt(f"it describes a region of {size} bytes at {phys:#x}, "
+                raise _CorruptError(f"it describes a region of {size} bytes at {phys:#x}, "
                                f"not {self._region_key[0]} bytes at {self._region_key[1]:#x}")
             self._catch_up()
-        except _Corrupt as why:
+        except _CorruptError as why:
             self._recover(str(why))
 
     def _recover(self, why: str) -> None:
@@ -194,7 +195,7 @@ class Ledger:
                 self._epoch, self._data_start, self._records = epoch, start, 0
             if count > self._records:
                 self._replay(self._records, count)
-        except _Corrupt as why:
+        except _CorruptError as why:
             raise LedgerError(
                 f"the ledger {self.path} of region {self.region_name} is corrupt ({why}). Stop "
                 f"every process that uses {self.region_name}, then delete {self.path}: it is "
@@ -204,7 +205,7 @@ class Ledger:
         raw = os.pread(self.fd, (last - first) * _RECORD.size,
                        self._data_start + first * _RECORD.size)
         if len(raw) != (last - first) * _RECORD.size:
-            raise _Corrupt(f"{last} records announced, file holds fewer")
+            raise _CorruptError(f"{last} records announced, file holds fewer")
         snapshot_free = 0
         for index, (op, slot, _, offset, size, aux) in enumerate(_RECORD.iter_unpack(raw)):
             try:
@@ -216,9 +217,9 @@ class Ledger:
                     self.pool.carve(snapshot_free, offset, size)
                     snapshot_free = offset + size
                 else:
-                    raise _Corrupt(f"record {first + index} has unknown operation {op}")
+                    raise _CorruptError(f"record {first + index} has unknown operation {op}")
             except InvalidArgumentError as exc:
-                raise _Corrupt(f"record {first + index}: {exc}") from None
+                raise _CorruptError(f"record {first + index}: {exc}") from None
             if op == _OP_FREE:
                 owner = self._owner.pop(offset)
                 self._blocks_of[owner].discard(offset)
@@ -240,10 +241,8 @@ class Ledger:
         snapshot = b"".join(_RECORD.pack(_OP_BLOCK, self._owner[off], 0, off, size, 0)
                             for off, size in blocks)
         data_end = self._data_start + self._records * _RECORD.size
-        if self._data_start - _HEADER_SPACE >= len(snapshot):
-            start = _HEADER_SPACE
-        else:
-            start = data_end
+        fits_before = self._data_start - _HEADER_SPACE >= len(snapshot)
+        start = _HEADER_SPACE if fits_before else data_end
         os.pwrite(self.fd, snapshot, start)
         self._write_header(self._epoch + 1, start, len(blocks))
         if start == _HEADER_SPACE:
@@ -357,7 +356,6 @@ class Ledger:
                 raise AssertionError("owners do not match the used blocks")
             fresh = Ledger(self.path, self.fd, Pool(self.pool.size, self.pool.base_address),
                            self.region_name)
-            fresh._region_key = self._region_key
             fresh._catch_up()
             if sorted(fresh.pool.used_blocks()) != sorted(self.pool.used_blocks()):
                 raise AssertionError("the ledger file and this process's mirror disagree")

@@ -155,8 +155,7 @@ class Pool:
 
     def allocate(self, size: int, align: int) -> int:
         """Allocate ``size`` bytes (rounded up to the granule) at ``align``; return the offset."""
-        if align < self.granule:
-            align = self.granule
+        align = max(align, self.granule)
         size = self.round_size(size)
         spot = self.find(size, align)
         if spot is None:
@@ -208,7 +207,8 @@ class Pool:
         position, previous = 0, ""
         for start, size, kind in spans:
             if start != position:
-                raise AssertionError(f"{kind} block at {start:#x} but previous ends at {position:#x}")
+                raise AssertionError(
+                    f"{kind} block at {start:#x} but the previous one ends at {position:#x}")
             if size <= 0 or start % self.granule or size % self.granule:
                 raise AssertionError(f"{kind} block [{start:#x}, +{size:#x}) is not granular")
             if kind == previous == "free":

@@ -104,7 +104,7 @@ def _read_attr(directory: str, attr: str) -> str:
         ) from exc
 
 
-def _parse_int(directory: str, attr: str, base: int, pattern: Optional["re.Pattern[str]"] = None,
+def _parse_int(directory: str, attr: str, base: int, pattern: Optional[re.Pattern[str]] = None,
                optional: bool = False) -> int:
     path = os.path.join(directory, attr)
     if optional and not os.path.exists(path):
@@ -133,7 +133,8 @@ def read_region(sysfs_dir: str, dev_root: str) -> RegionInfo:
         raise DriverInterfaceError(
             f"u-dma-buf driver version {version!r} (from {path}) is not supported: pynq_alloc "
             f"knows majors {', '.join(map(str, SUPPORTED_DRIVER_MAJORS))}. Install a u-dma-buf "
-            f"release in that range (the meta-pynq-alloc recipe pins v5.5.0) or upgrade pynq_alloc.",
+            f"release in that range (the meta-pynq-alloc recipe pins v5.5.0) or upgrade "
+            f"pynq_alloc.",
             errno.EPROTO,
             path,
         )
@@ -203,7 +204,7 @@ class RegionHandle:
     the mapping stays for as long as any buffer of it may exist.
     """
 
-    def __init__(self, backend: "UdmabufBackend", region: RegionInfo) -> None:
+    def __init__(self, backend: UdmabufBackend, region: RegionInfo) -> None:
         self.backend = backend
         self.region = region
         self.pid = os.getpid()
@@ -214,6 +215,8 @@ class RegionHandle:
         self._ledger: Optional[object] = None
         #: number of sync system calls issued (the benchmark and tests read it)
         self.sync_calls = 0
+        #: blocks of this region alive in this process (Block keeps it up to date)
+        self.live_blocks = 0
 
     # -- mapping ---------------------------------------------------------------
     def mapping(self, cacheable: bool) -> Tuple[mmap.mmap, str, int]:
@@ -253,7 +256,8 @@ class RegionHandle:
         try:
             fd = os.open(region.device_path, flags)
         except OSError as exc:
-            raise device_error(exc, f"cannot open region {region.name}", region.device_path) from exc
+            what = f"cannot open region {region.name}"
+            raise device_error(exc, what, region.device_path) from exc
         length = -(-region.size // PAGE_SIZE) * PAGE_SIZE
         try:
             # MAP_SHARED only: a private mapping of u-dma-buf hits a kernel BUG() on first touch.
@@ -332,7 +336,7 @@ class RegionHandle:
 
     # -- ownership -------------------------------------------------------------
     @property
-    def ledger(self) -> "Ledger":
+    def ledger(self) -> Ledger:
         if self._ledger is None:
             with self._lock:
                 if self._ledger is None:
@@ -343,6 +347,12 @@ class RegionHandle:
 
     def close(self) -> None:
         """Unmap and close everything; refuses (BufferError) while buffers use a mapping."""
+        if self.live_blocks:
+            # numpy keeps no buffer export on the mapping: unmapping now would leave
+            # those arrays pointing at unmapped memory (a segfault on next access).
+            raise BufferError(
+                f"{self.live_blocks} buffer(s) of region {self.region.name} are still alive in "
+                f"this process: free them (freebuffer()/del, and their views) before closing")
         for key, (fd, mm, _, _) in list(self._mappings.items()):
             mm.close()  # raises BufferError while numpy arrays still export it
             os.close(fd)
@@ -374,7 +384,7 @@ class UdmabufBackend:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_environment(cls) -> "UdmabufBackend":
+    def from_environment(cls) -> UdmabufBackend:
         """The driver's real paths, each overridable by an environment variable."""
         return cls(
             sysfs_root=os.environ.get("PYNQ_ALLOC_SYSFS_ROOT", DEFAULT_SYSFS_ROOT),

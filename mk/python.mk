@@ -1,0 +1,35 @@
+# The package: host tests against the simulator under numpy 1.26 and numpy 2.x,
+# ruff + mypy --strict, the benchmark, and the seed example on the simulator.
+PKG := python-pynq-alloc
+NUMPY_np1 := numpy==1.26.*
+NUMPY_np2 := numpy>=2,<3
+APT_PACKAGES += python3 python3-venv strace
+
+TEST_TARGETS += lint test-python
+.PHONY: test-python test-python-np1 test-python-np2 lint bench run-sim
+
+# One venv per numpy major; remade when the package metadata or the tool list changes.
+$(VENV)/np%/.stamp: $(PKG)/pyproject.toml tests/python/requirements.txt | deps
+	rm -rf $(VENV)/np$*
+	$(PYTHON) -m venv $(VENV)/np$*
+	$(VENV)/np$*/bin/pip install -q --upgrade pip
+	$(VENV)/np$*/bin/pip install -q "$(NUMPY_np$*)" -r tests/python/requirements.txt -e $(PKG)
+	touch $@
+
+test-python-np%: $(VENV)/np%/.stamp
+	@echo "== host tests, $$($(VENV)/np$*/bin/python -c 'import numpy; print("numpy", numpy.__version__)')"
+	$(VENV)/np$*/bin/python -m pytest -q -p no:cacheprovider tests/python
+
+test-python: test-python-np1 test-python-np2
+
+lint: $(VENV)/np2/.stamp
+	$(VENV)/np2/bin/ruff check --config $(PKG)/pyproject.toml $(PKG)/src tests/python tests/bench
+	cd $(PKG) && ../$(VENV)/np2/bin/mypy --strict src/pynq_alloc
+
+bench: $(VENV)/np2/.stamp
+	$(VENV)/np2/bin/python tests/bench/bench_allocate.py
+
+# `make run` until the QEMU harness takes over: the seed example on the simulator.
+run-sim: $(VENV)/np2/.stamp
+	@echo "make run: no QEMU harness here, so the seed example runs on the simulator (PYNQ_ALLOC_BACKEND=sim)"
+	PYNQ_ALLOC_BACKEND=sim $(VENV)/np2/bin/python examples/seed.py

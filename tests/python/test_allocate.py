@@ -1,0 +1,132 @@
+"""allocate(): PYNQ's signature, and a clear error for every bad argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import pynq_alloc
+import pytest
+from pynq_alloc import (
+    Buffer,
+    InvalidArgumentError,
+    InvalidTypeError,
+    OutOfMemoryError,
+    RegionNotFoundError,
+    allocate,
+)
+from pynq_alloc.backends.sim import Simulator
+from pynq_alloc.backends.udmabuf import UdmabufBackend
+
+
+def test_seed_example_runs_verbatim(backend: UdmabufBackend) -> None:
+    buf = allocate(shape=(5,), dtype="u4", backend=backend)
+    buf[:] = range(5)
+    buf.flush()
+    assert isinstance(buf, Buffer) and isinstance(buf, np.ndarray)
+    assert list(buf) == [0, 1, 2, 3, 4]
+    assert buf.device_address == 0x7E000000
+    assert buf.physical_address == buf.device_address
+
+
+def test_data_lands_in_the_region_file_at_the_device_address(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    allocate(3000, "u1", backend=backend)  # push the next buffer away from offset 0
+    buf = allocate(16, "u2", backend=backend)
+    buf[:] = np.arange(16) * 7
+    buf.flush()
+    with open(sim.device_path("udmabuf0"), "rb") as f:
+        f.seek(buf.device_address - 0x7E000000)
+        assert np.array_equal(np.frombuffer(f.read(32), "<u2"), np.arange(16) * 7)
+
+
+@pytest.mark.parametrize("shape, expected", [(7, (7,)), ((2, 3), (2, 3)), ([4, 1, 2], (4, 1, 2)),
+                                             (np.int64(3), (3,)), ((np.uint8(2), 5), (2, 5))])
+def test_any_integer_shape_is_accepted(backend: UdmabufBackend, shape: object,
+                                       expected: tuple) -> None:
+    assert allocate(shape, backend=backend).shape == expected
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i2", "<u4", ">i8", "f2", "f4", "f8", "c16", "?",
+                                   "S7", "U3", "M8[ns]", [("addr", "<u8"), ("len", "<u4")],
+                                   ("u4", (2, 2))])
+def test_any_fixed_size_dtype_is_accepted(backend: UdmabufBackend, dtype: object) -> None:
+    buf = allocate((3,), dtype, backend=backend)
+    assert buf.dtype == np.dtype(dtype) or buf.dtype == np.dtype(dtype).base
+
+
+def test_default_dtype_is_u4_like_pynq(backend: UdmabufBackend) -> None:
+    assert allocate(4, backend=backend).dtype == np.dtype("u4")
+
+
+def test_target_selects_the_region_by_name_or_object(backend: UdmabufBackend) -> None:
+    assert allocate(4, target="udmabuf1", backend=backend).device_address >= 0x8_0000_0000
+    region = pynq_alloc.regions(backend)[1]
+    assert allocate(4, target=region, backend=backend).region.name == "udmabuf1"
+    assert allocate(4, backend=backend).region.name == "udmabuf0"
+
+
+def test_buffers_are_page_aligned_by_default_and_honour_align(backend: UdmabufBackend) -> None:
+    import mmap
+    for _ in range(3):
+        assert allocate(10, "u1", backend=backend).device_address % mmap.PAGESIZE == 0
+    assert allocate(10, "u1", align=1 << 20, backend=backend).device_address % (1 << 20) == 0
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"shape": 0}, InvalidArgumentError, "zero"),
+    ({"shape": -3}, InvalidArgumentError, "negative"),
+    ({"shape": (4, 0)}, InvalidArgumentError, "zero"),
+    ({"shape": ()}, InvalidArgumentError, "shape=(1,)"),
+    ({"shape": 2.5}, InvalidTypeError, "not an integer"),
+    ({"shape": "10"}, InvalidTypeError, "not an integer"),
+    ({"shape": True}, InvalidTypeError, "not an integer"),
+    ({"shape": (2, None)}, InvalidTypeError, "not an integer"),
+    ({"shape": 4, "dtype": object}, InvalidTypeError, "Python objects"),
+    ({"shape": 4, "dtype": "V8"}, InvalidTypeError, "raw void"),
+    ({"shape": 4, "dtype": "U"}, InvalidTypeError, "no size"),
+    ({"shape": 4, "dtype": "not-a-type"}, InvalidTypeError, "not a numpy dtype"),
+    ({"shape": 4, "target": "udmabuf9"}, RegionNotFoundError, "'udmabuf0', 'udmabuf1'"),
+    ({"shape": 4, "target": 3}, InvalidTypeError, "region name"),
+    ({"shape": 4, "cacheble": False}, InvalidTypeError, "cacheble"),
+    ({"shape": 4, "cacheable": "yes"}, InvalidTypeError, "True or False"),
+    ({"shape": 4, "align": 3000}, InvalidArgumentError, "power of two"),
+    ({"shape": 4, "align": 0}, InvalidArgumentError, "power of two"),
+    ({"shape": 4, "align": 1.5}, InvalidTypeError, "power of two"),
+    ({"shape": 4, "align": 1 << 30}, OutOfMemoryError, "whole region"),
+    ({"shape": 1 << 30}, OutOfMemoryError, "whole region is 16777216 bytes"),
+    ({"shape": 4, "backend": "fpga"}, InvalidArgumentError, "udmabuf, sim"),
+])
+def test_bad_arguments_raise_a_clear_error_and_take_nothing(
+        backend: UdmabufBackend, kwargs: dict, error: type, words: str) -> None:
+    kwargs = dict(kwargs)
+    kwargs.setdefault("backend", backend)
+    with pytest.raises(error, match=".*" + __import__("re").escape(words)):
+        allocate(**kwargs)
+    ledger = backend.handle(backend.region()).ledger
+    assert ledger.stats().used == 0
+    ledger.check()
+
+
+def test_out_of_memory_states_request_largest_free_block_and_region_size(
+        backend: UdmabufBackend) -> None:
+    keep = [allocate(4 << 20, "u1", backend=backend) for _ in range(3)]
+    with pytest.raises(MemoryError) as info:
+        allocate(8 << 20, "u1", backend=backend)
+    message = str(info.value)
+    assert "8388608 bytes" in message and "largest free block is 4194304" in message
+    assert "16777216" in message
+    assert isinstance(info.value, OutOfMemoryError)
+    del keep
+
+
+def test_freed_memory_is_reused(backend: UdmabufBackend) -> None:
+    for _ in range(100):
+        buf = allocate(4 << 20, "u1", backend=backend)
+        buf.freebuffer()
+    assert backend.handle(backend.region()).ledger.stats().used == 0
+
+
+def test_environment_selects_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynq_alloc import backends
+    monkeypatch.setattr(backends, "_backends", {})
+    monkeypatch.setenv("PYNQ_ALLOC_BACKEND", "sim")
+    assert allocate(4).region.name == "udmabuf0"

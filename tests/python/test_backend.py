@@ -1,0 +1,82 @@
+"""The udmabuf backend reads the driver's files strictly and explains what is wrong."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pynq_alloc import (
+    DevicePermissionError,
+    DriverInterfaceError,
+    DriverNotFoundError,
+    allocate,
+    regions,
+)
+from pynq_alloc.backends.sim import SimRegion, Simulator
+from pynq_alloc.backends.udmabuf import UdmabufBackend
+
+
+def test_regions_are_read_from_sysfs_in_driver_order(sim: Simulator) -> None:
+    found = regions(sim.backend())
+    assert [(r.name, r.size, r.phys_addr, r.coherent, r.driver_version, r.ioctl_version)
+            for r in found] == [("udmabuf0", 16 << 20, 0x7E000000, False, "5.5.0", 2),
+                                ("udmabuf1", 8 << 20, 0x8_0000_0000, True, "5.5.0", 2)]
+
+
+def test_sysfs_values_have_the_driver_formats(sim: Simulator) -> None:
+    with open(sim.attr_path("udmabuf1", "phys_addr")) as f:
+        assert f.read() == "0x0000000800000000\n"
+
+
+def test_no_driver_is_a_clear_error_not_a_simulator(tmp_path: object) -> None:
+    backend = UdmabufBackend(str(tmp_path) + "/none", str(tmp_path))
+    with pytest.raises(DriverNotFoundError, match=r"not loaded.*device tree") as info:
+        allocate(4, backend=backend)
+    assert "PYNQ_ALLOC_BACKEND=sim" in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("attr, text, words", [
+    ("driver_version", "9.0.1\n", "not supported"),
+    ("driver_version", "garbage\n", "not supported"),
+    ("phys_addr", "7ad00000\n", "not a hexadecimal address"),
+    ("phys_addr", "0xZZ\n", "not a hexadecimal address"),
+    ("size", "-5\n", "not a number"),
+    ("size", "0\n", "reserves no memory"),
+    ("sync_mode", "9\n", "not a number"),
+    ("dma_coherent", "yes\n", "not a number"),
+])
+def test_unexpected_sysfs_content_is_refused_with_the_file_named(
+        sim: Simulator, attr: str, text: str, words: str) -> None:
+    sim.write_attr("udmabuf0", attr, text)
+    with pytest.raises(DriverInterfaceError, match=words) as info:
+        allocate(4, backend=sim.backend())
+    assert info.value.filename is not None and attr in info.value.filename
+
+
+def test_missing_device_file_says_so(sim: Simulator) -> None:
+    os.unlink(sim.device_path("udmabuf0"))
+    with pytest.raises(DriverNotFoundError, match="does not exist"):
+        allocate(4, backend=sim.backend())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes")
+def test_unreadable_device_gives_a_permission_error_that_names_the_group(sim: Simulator) -> None:
+    os.chmod(sim.device_path("udmabuf0"), 0)
+    with pytest.raises(DevicePermissionError, match="group 'dma'"):
+        allocate(4, backend=sim.backend())
+
+
+def test_permission_errors_map_to_our_hierarchy() -> None:
+    from pynq_alloc.errors import device_error
+    err = device_error(PermissionError(13, "Permission denied"), "cannot open", "/dev/udmabuf0")
+    assert isinstance(err, DevicePermissionError) and isinstance(err, PermissionError)
+    assert "usermod -aG dma" in str(err) and err.errno == 13
+
+
+def test_old_driver_without_ioctls_syncs_through_sysfs() -> None:
+    with Simulator([SimRegion(driver_version="4.2.0", ioctl_version=0)],
+                   record_syncs=True) as sim:
+        buf = allocate(16, backend=sim.backend())
+        buf.flush()
+        assert [r.attr for r in sim.sync_requests()] == ["sync_for_device"]

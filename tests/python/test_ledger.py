@@ -1,0 +1,145 @@
+"""One pool shared by every process: disjoint blocks, dead owners reclaimed, fork rules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from pynq_alloc import LedgerError, allocate
+from pynq_alloc.backends.sim import Simulator
+from pynq_alloc.backends.udmabuf import UdmabufBackend
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pynq_alloc import allocate
+    from pynq_alloc.backends.udmabuf import UdmabufBackend
+    backend = UdmabufBackend(*sys.argv[1:4])
+    bufs = [allocate(int(sys.argv[4]), "u1", backend=backend) for _ in range(int(sys.argv[5]))]
+    print(" ".join(hex(b.device_address) for b in bufs), flush=True)
+    time.sleep(float(sys.argv[6]))
+""")
+
+
+def spawn(sim: Simulator, size: int, count: int, hold: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, sim.sysfs_root, sim.dev_root,
+                             sim.run_dir, str(size), str(count), str(hold)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def ledger(backend: UdmabufBackend):  # type: ignore[no-untyped-def]
+    return backend.handle(backend.region()).ledger
+
+
+def test_two_processes_get_disjoint_blocks(sim: Simulator, backend: UdmabufBackend) -> None:
+    child = spawn(sim, 4096, 8, 5)
+    theirs = {int(a, 16) for a in child.stdout.readline().split()}  # type: ignore[union-attr]
+    ours = {allocate(4096, "u1", backend=backend).device_address for _ in range(8)}
+    assert len(theirs) == 8 and not theirs & ours
+    child.kill()
+    child.wait()
+
+
+def test_blocks_of_a_killed_process_return_on_the_next_allocation(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    child = spawn(sim, 1 << 20, 12, 60)
+    child.stdout.readline()  # type: ignore[union-attr]
+    assert ledger(backend).stats().used == 12 << 20
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    big = allocate(12 << 20, "u1", backend=backend)  # only fits once the dead blocks are back
+    assert big.nbytes == 12 << 20
+    big.freebuffer()
+    assert ledger(backend).stats().used == 0
+    ledger(backend).check()
+
+
+def test_a_process_that_exits_normally_gives_everything_back(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    child = spawn(sim, 4096, 5, 0)
+    child.communicate()
+    assert ledger(backend).stats().used == 0
+
+
+def test_forked_child_uses_parent_buffers_but_cannot_free_them(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    buf = allocate(16, "u4", backend=backend)
+    buf[:] = 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: write the parent's memory, flush it, "free" it, allocate its own
+        status = 1
+        try:
+            buf[:] = 2
+            buf.flush()
+            address = buf.device_address
+            buf.freebuffer()
+            mine = allocate(16, "u4", backend=backend)
+            os.write(write, f"{address} {mine.device_address}".encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    address, child_address = map(int, os.read(read, 100).split())
+    os.close(read)
+    assert status == 0
+    assert list(buf) == [2] * 16  # MAP_SHARED: the child wrote the same memory
+    assert address == buf.device_address and child_address != address
+    assert ledger(backend).stats().used == 64  # ours stays; the dead child's came back
+
+
+def test_corrupt_ledger_is_rebuilt_when_nobody_uses_it(sim: Simulator) -> None:
+    backend = sim.backend()
+    allocate(16, backend=backend).freebuffer()
+    backend_path = ledger(backend).path
+    backend.close()
+    with open(backend_path, "r+b") as f:
+        f.write(b"garbage!")
+    fresh = sim.backend()
+    with pytest.warns(RuntimeWarning, match="unusable"):
+        buf = allocate(16, backend=fresh)
+    assert buf.device_address == 0x7E000000
+
+
+def test_corrupt_ledger_in_use_by_another_process_is_refused(sim: Simulator) -> None:
+    child = spawn(sim, 4096, 1, 60)
+    child.stdout.readline()  # type: ignore[union-attr]
+    path = os.path.join(sim.run_dir, "udmabuf0.ledger")
+    with open(path, "r+b") as f:
+        f.write(b"garbage!")
+    try:
+        with pytest.raises(LedgerError, match=r"corrupt.*delete"):
+            allocate(16, backend=sim.backend())
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_compaction_keeps_the_ledger_small_and_consistent(backend: UdmabufBackend) -> None:
+    keep = [allocate(64, "u1", align=64, backend=backend) for _ in range(50)]
+    for _ in range(6000):
+        allocate(64, "u1", align=64, backend=backend).freebuffer()
+    led = ledger(backend)
+    led.check()
+    assert os.path.getsize(led.path) < 64 * 1024 + 2 * 6000 * 32
+    assert led.stats().blocks == 50
+    del keep
+
+
+def test_many_processes_never_overlap(sim: Simulator, backend: UdmabufBackend) -> None:
+    children = [spawn(sim, 64 << 10, 20, 3) for _ in range(6)]
+    seen = []
+    for child in children:
+        seen += [int(a, 16) for a in child.stdout.readline().split()]  # type: ignore[union-attr]
+    assert len(set(seen)) == 120
+    seen.sort()
+    assert all(b - a >= 64 << 10 for a, b in zip(seen, seen[1:]))
+    for child in children:
+        child.wait()
+    time.sleep(0)
+    assert ledger(backend).stats().used == 0

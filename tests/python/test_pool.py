@@ -1,0 +1,96 @@
+"""The pool: aligned, disjoint, coalescing, every byte accounted for."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pynq_alloc import InvalidArgumentError, OutOfMemoryError
+from pynq_alloc.pool import Pool
+
+
+def test_frees_coalesce_back_into_one_block() -> None:
+    pool = Pool(1 << 20, 0x40000000)
+    offsets = [pool.allocate(4096, 4096) for _ in range(256)]
+    random.Random(1).shuffle(offsets)
+    for offset in offsets:
+        pool.release(offset)
+        pool.check()
+    assert list(pool.free_blocks()) == [(0, 1 << 20)]
+
+
+def test_alignment_is_of_the_physical_address() -> None:
+    pool = Pool(1 << 20, 0x40001000)  # base only 4 KiB aligned
+    offset = pool.allocate(100, 1 << 16)
+    assert (0x40001000 + offset) % (1 << 16) == 0
+    pool.check()
+
+
+def test_blocks_never_share_a_cache_line() -> None:
+    pool = Pool(1 << 16, 0, granule=64)
+    a, b = pool.allocate(1, 64), pool.allocate(1, 64)
+    assert abs(a - b) >= 64
+
+
+def test_double_free_is_refused_and_changes_nothing() -> None:
+    pool = Pool(1 << 16)
+    offset = pool.allocate(64, 64)
+    pool.release(offset)
+    with pytest.raises(InvalidArgumentError, match="already freed"):
+        pool.release(offset)
+    pool.check()
+
+
+def test_out_of_memory_leaves_the_pool_unchanged() -> None:
+    pool = Pool(1 << 16)
+    pool.allocate(1 << 15, 64)
+    with pytest.raises(OutOfMemoryError, match="largest free block is 32768"):
+        pool.allocate((1 << 15) + 64, 64)
+    assert pool.stats().used == 1 << 15
+    pool.check()
+
+
+def test_a_fit_beyond_the_scan_bound_is_still_found() -> None:
+    pool = Pool(1 << 20, 0)
+    # many free 4 KiB holes and one 8 KiB hole in the same size class (4..8 KiB)
+    offsets = [pool.allocate(4096, 4096) for _ in range(60)]
+    big = [pool.allocate(8192, 4096)]
+    fence = [pool.allocate(4096, 4096)]
+    pool.allocate(pool.stats().largest_free, 64)  # fill the tail
+    for offset in offsets[::2]:
+        pool.release(offset)
+    pool.release(big[0])
+    assert pool.allocate(6144, 4096) == big[0]
+    del fence
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(1, 70000),
+                              st.sampled_from([64, 128, 4096, 65536])), max_size=120),
+       base=st.sampled_from([0, 0x40000000, 0x7E001000, 0x8_0000_0040]))
+def test_random_sequences_keep_every_invariant(ops: list, base: int) -> None:
+    pool = Pool(1 << 20, base)
+    live: dict = {}
+    for do_alloc, size, align in ops:
+        if do_alloc or not live:
+            try:
+                offset = pool.allocate(size, align)
+            except OutOfMemoryError:
+                assert pool.find(pool.round_size(size), align) is None
+                continue
+            assert (base + offset) % align == 0
+            assert offset + size <= pool.size
+            for other, other_size in live.items():
+                assert offset + size <= other or other + other_size <= offset
+            live[offset] = pool.block_size(offset)
+        else:
+            offset = sorted(live)[size % len(live)]
+            pool.release(offset)
+            del live[offset]
+        pool.check()
+        assert pool.stats().used == sum(live.values())
+    for offset in list(live):
+        pool.release(offset)
+    assert list(pool.free_blocks()) == [(0, pool.size)]

@@ -1,0 +1,119 @@
+"""flush/invalidate sync exactly the bytes an array spans, in one command each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pynq_alloc import InvalidArgumentError, SyncError, allocate
+from pynq_alloc.backends.sim import SimRegion, Simulator
+from pynq_alloc.backends.udmabuf import (
+    FROM_DEVICE,
+    TO_DEVICE,
+    UdmabufBackend,
+    encode_sync,
+    mapping_kind,
+    sync_commands,
+)
+
+BASE = 0x7E000000
+
+
+def spans(sim: Simulator) -> list:
+    """The commands received, sorted: the two sync files are two FIFOs, so the order
+    between them is not observable (within one file it is kept)."""
+    return sorted((r.attr, r.offset, r.size, r.direction, r.valid) for r in sim.sync_requests())
+
+
+def test_encoding_matches_the_driver_documentation() -> None:
+    assert encode_sync(0x1000, 0x2000, TO_DEVICE) == 0x0000100000002005
+
+
+def test_flush_syncs_the_buffer_rounded_to_cache_lines(sim: Simulator,
+                                                       backend: UdmabufBackend) -> None:
+    buf = allocate(10, "u4", backend=backend)  # 40 bytes
+    sim.clear_sync_requests()
+    buf.flush()
+    buf.invalidate()
+    offset = buf.device_address - BASE
+    assert spans(sim) == [("sync_for_cpu", offset, 64, FROM_DEVICE, True),
+                          ("sync_for_device", offset, 64, TO_DEVICE, True)]
+
+
+def test_a_view_flushes_only_its_own_span(sim: Simulator, backend: UdmabufBackend) -> None:
+    buf = allocate(4096, "u1", backend=backend)
+    base = buf.device_address - BASE
+    sim.clear_sync_requests()
+    buf[1000:1100].flush()
+    buf[::-1][10:20].sync_to_device()  # bytes 4076..4085
+    buf.reshape(64, 64)[3:5, 10:12].sync_from_device()  # bytes 202..267
+    assert spans(sim) == [("sync_for_cpu", base + 192, 128, FROM_DEVICE, True),
+                          ("sync_for_device", base + 960, 192, TO_DEVICE, True),
+                          ("sync_for_device", base + 4032, 64, TO_DEVICE, True)]
+
+
+def test_never_syncs_the_whole_region(sim: Simulator, backend: UdmabufBackend) -> None:
+    bufs = [allocate(n, "u1", backend=backend) for n in (1, 100, 5000, 1 << 20)]
+    sim.clear_sync_requests()
+    for buf in bufs:
+        buf.flush()
+    for request, buf in zip(sim.sync_requests(), bufs):
+        assert request.size < 16 << 20
+        assert request.offset <= buf.device_address - BASE
+        assert request.offset + request.size >= buf.device_address - BASE + buf.nbytes
+
+
+def test_one_system_call_per_flush(backend: UdmabufBackend) -> None:
+    buf = allocate(1 << 20, "u1", backend=backend)
+    handle = backend.handle(buf.region)
+    buf.flush()
+    before = handle.sync_calls
+    for _ in range(50):
+        buf.flush()
+    assert handle.sync_calls - before == 50
+
+
+def test_coherent_regions_and_uncached_buffers_need_no_sync(sim: Simulator,
+                                                            backend: UdmabufBackend) -> None:
+    coherent = allocate(64, target="udmabuf1", backend=backend)
+    uncached = allocate(64, cacheable=False, backend=backend)
+    sim.clear_sync_requests()
+    for buf in (coherent, uncached):
+        buf.flush()
+        buf.invalidate()
+    assert coherent.coherent and not uncached.cacheable
+    assert sim.sync_requests() == []
+
+
+def test_sync_ranges_are_clipped_to_the_region_and_split_at_2_gib() -> None:
+    assert sync_commands(100, 10, TO_DEVICE, 128) == [encode_sync(64, 64, TO_DEVICE)]
+    assert sync_commands(0, 3 << 30, FROM_DEVICE, 4 << 30) == [
+        encode_sync(0, 2 << 30, FROM_DEVICE), encode_sync(2 << 30, 1 << 30, FROM_DEVICE)]
+    with pytest.raises(SyncError, match="32-bit offset"):
+        sync_commands(5 << 30, 64, TO_DEVICE, 8 << 30)
+
+
+@pytest.mark.parametrize("sync_mode, o_sync, kind", [
+    (0, True, "cached"), (1, False, "cached"), (1, True, "device"), (2, True, "write-combine"),
+    (3, True, "dma-coherent"), (4, True, "cached"), (5, False, "device"),
+    (6, False, "write-combine"), (7, False, "dma-coherent")])
+def test_mapping_kind_follows_the_driver_sync_mode_table(sync_mode: int, o_sync: bool,
+                                                         kind: str) -> None:
+    assert mapping_kind(sync_mode, o_sync) == kind
+
+
+@pytest.mark.parametrize("sync_mode, cacheable, words", [
+    (1, False, "Device memory"), (5, True, "Device memory"), (0, False, "keeps the CPU cache on")])
+def test_mappings_numpy_cannot_use_are_refused(sync_mode: int, cacheable: bool,
+                                               words: str) -> None:
+    with Simulator([SimRegion(sync_mode=sync_mode)]) as sim, \
+            pytest.raises(InvalidArgumentError, match=words):
+        allocate(4, cacheable=cacheable, backend=sim.backend())
+
+
+def test_write_combine_everywhere_reports_an_uncached_buffer() -> None:
+    with Simulator([SimRegion(sync_mode=6)]) as sim:
+        buf = allocate(4, backend=sim.backend())
+        assert not buf.cacheable
+        buf[:] = np.arange(4)
+        buf.flush()
+        assert sim.sync_requests() == []
