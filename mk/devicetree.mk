@@ -1,0 +1,27 @@
+# Device tree (device-tree/): real dtc compiles, dt-schema validation against our
+# u-dma-buf binding and the core schemas, the QEMU virt overlay applied onto a DTB
+# freshly dumped from the installed QEMU, pylibfdt rule checks, broken trees.
+#   make test-devicetree      the checks (tests/devicetree/)
+#   make qemu-virt-dtb        build/devicetree/virt.dtb, as the QEMU harness makes it
+# qemu-system-aarch64 is in qemu-system-arm; gcc + python3-dev build pylibfdt.
+APT_PACKAGES += device-tree-compiler qemu-system-arm cpp gcc python3-dev python3-venv
+TEST_TARGETS += test-devicetree
+
+DT_VENV := $(VENV)/devicetree
+DT_BUILD := $(BUILD)/devicetree
+
+.PHONY: test-devicetree qemu-virt-dtb
+
+# Remade when the pinned tool list changes.
+$(DT_VENV)/.stamp: tests/devicetree/requirements.txt | deps
+	rm -rf $(DT_VENV)
+	$(PYTHON) -m venv $(DT_VENV)
+	$(DT_VENV)/bin/pip install -q -r tests/devicetree/requirements.txt
+	touch $@
+
+# pytest exits 5 when it collected no test: make fails on it like on any other failure.
+test-devicetree: deps $(DT_VENV)/.stamp
+	$(DT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/devicetree
+
+qemu-virt-dtb: deps
+	device-tree/qemu-virt/build-dtb --memory 1G --smp 1 --cpu cortex-a53 --out $(DT_BUILD)/virt.dtb

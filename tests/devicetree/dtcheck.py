@@ -1,0 +1,348 @@
+"""Rules that a DTB's DMA pools and u-dma-buf nodes must hold to boot and probe.
+
+`check(dtb)` reads a flattened device tree with pylibfdt and returns every
+broken rule as a `Problem` naming the node, so one test per rule can assert
+that good trees give none and that a tree broken on purpose gives exactly the
+expected one. Kernel facts behind the rules:
+
+- /reserved-memory needs #address-cells/#size-cells equal to the root's and an
+  empty `ranges` (of_reserved_mem reads child reg with the root's cells).
+- A static region outside RAM or overlapping another is dropped or breaks
+  early boot; regions are reserved in whole pages.
+- A CMA (`reusable`) region must start and end on CMA_MIN_ALIGNMENT_BYTES:
+  PAGE_SIZE << max(MAX_ORDER - 1, pageblock_order) = 4 MiB on arm64 and arm
+  with 4 KiB pages (Debian's arm64 kernel: ARM64_4K_PAGES, MAX_ORDER 11).
+- u-dma-buf takes its buffer from the first memory-region entry with
+  dma_alloc_coherent(): from a no-map pool in power-of-two blocks
+  (bitmap_find_free_region with get_order(size)), from a CMA pool in pages.
+- u-dma-buf probe fails on a repeated minor number or device name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import libfdt
+
+PAGE_SIZE = 4096
+CMA_ALIGNMENT = 4 << 20
+U_DMA_BUF = "ikwzm,u-dma-buf"
+MAX_MINOR = 255
+
+# Rule ids, as they appear in Problem.rule.
+RULES = (
+    "root-cells",             # root has #address-cells and #size-cells
+    "memory",                 # the tree describes some RAM
+    "memory-reg",             # /memory reg is whole <address size> pairs
+    "reserved-memory-cells",  # /reserved-memory cells present and equal to the root's
+    "reserved-memory-ranges", # /reserved-memory has an empty ranges
+    "reg-format",             # a region has one reg entry (or a dynamic size)
+    "unit-address",           # a static region's unit address is its reg base
+    "no-map-xor-reusable",    # a pool is a carve-out or CMA, not both
+    "inside-ram",             # a region lies inside one RAM range
+    "overlap",                # static regions are disjoint
+    "alignment",              # regions are whole pages
+    "cma-alignment",          # CMA regions are pageblock (4 MiB) aligned
+    "udmabuf-size",           # a u-dma-buf size is 1 or 2 cells, non-zero
+    "unique-device",          # u-dma-buf names and minors are unique, minors <= 255
+    "memory-region",          # memory-region is one phandle to a shared-dma-pool region
+    "fits-region",            # the buffers on a region fit in it as the kernel allocates them
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One broken rule: the node it is about, a rule id, and what to fix."""
+
+    node: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.message} [{self.rule}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """A child of /reserved-memory: static (base set) or dynamic (base None)."""
+
+    path: str
+    base: int | None
+    size: int
+    no_map: bool
+    reusable: bool
+
+
+class Tree:
+    """Read-only helpers over a libfdt.Fdt."""
+
+    def __init__(self, dtb: bytes) -> None:
+        self.fdt = libfdt.Fdt(dtb)
+
+    def nodes(self, offset: int = 0) -> Iterator[tuple[int, str]]:
+        """Every node below offset (inclusive), depth first, with its path."""
+        yield offset, self.fdt.get_path(offset)
+        for child in self.children(offset):
+            yield from self.nodes(child)
+
+    def children(self, offset: int) -> Iterator[int]:
+        child = self.fdt.first_subnode(offset, quiet=(libfdt.NOTFOUND,))
+        while child >= 0:
+            yield child
+            child = self.fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
+
+    def path_offset(self, path: str) -> int | None:
+        offset = self.fdt.path_offset(path, quiet=(libfdt.NOTFOUND,))
+        return offset if offset >= 0 else None
+
+    def prop(self, offset: int, name: str) -> bytes | None:
+        value = self.fdt.getprop(offset, name, quiet=(libfdt.NOTFOUND,))
+        return None if isinstance(value, int) else bytes(value)
+
+    def has(self, offset: int, name: str) -> bool:
+        return self.prop(offset, name) is not None
+
+    def cells(self, offset: int, name: str) -> list[int] | None:
+        raw = self.prop(offset, name)
+        if raw is None:
+            return None
+        return [int.from_bytes(raw[i:i + 4], "big") for i in range(0, len(raw) - len(raw) % 4, 4)]
+
+    def string_list(self, offset: int, name: str) -> list[str]:
+        raw = self.prop(offset, name)
+        if not raw:
+            return []
+        return [s.decode("ascii", "replace") for s in raw.rstrip(b"\0").split(b"\0")]
+
+    def name(self, offset: int) -> str:
+        return self.fdt.get_name(offset)
+
+
+def join_cells(cells: list[int]) -> int:
+    value = 0
+    for cell in cells:
+        value = (value << 32) | cell
+    return value
+
+
+def split_entries(cells: list[int], address_cells: int, size_cells: int) -> list[tuple[int, int]]:
+    """<address size> pairs of a reg-like property."""
+    step = address_cells + size_cells
+    return [
+        (join_cells(cells[i:i + address_cells]), join_cells(cells[i + address_cells:i + step]))
+        for i in range(0, len(cells) - len(cells) % step, step)
+    ]
+
+
+def get_order_bytes(size: int, page_size: int = PAGE_SIZE) -> int:
+    """Bytes a power-of-two page allocation of `size` takes (kernel get_order)."""
+    pages = max(1, -(-size // page_size))
+    return page_size << (pages - 1).bit_length()
+
+
+def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) ranges sorted and joined where they touch."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def hexsize(value: int) -> str:
+    if value and value % (1 << 20) == 0:
+        return f"{value >> 20} MiB"
+    return f"{value:#x} bytes"
+
+
+def check(dtb: bytes, *, page_size: int = PAGE_SIZE, cma_alignment: int = CMA_ALIGNMENT) -> list[Problem]:
+    """Every rule the tree breaks, in a stable order (empty list: all hold)."""
+    tree = Tree(dtb)
+    problems: list[Problem] = []
+
+    def fail(node: str, rule: str, message: str) -> None:
+        problems.append(Problem(node, rule, message))
+
+    root_ac = tree.cells(0, "#address-cells")
+    root_sc = tree.cells(0, "#size-cells")
+    if root_ac is None or root_sc is None:
+        fail("/", "root-cells", "root node lacks #address-cells or #size-cells: add both (2 on arm64, 1 on Zynq-7000)")
+    address_cells = root_ac[0] if root_ac else 2
+    size_cells = root_sc[0] if root_sc else 1
+
+    ram = check_memory(tree, address_cells, size_cells, fail)
+    regions = check_reserved_memory(tree, address_cells, size_cells, ram, page_size, cma_alignment, fail)
+    check_u_dma_buf(tree, regions, page_size, fail)
+    return problems
+
+
+def check_memory(tree: Tree, address_cells: int, size_cells: int, fail) -> list[tuple[int, int]]:
+    """RAM as merged (start, end) ranges from the root's device_type = "memory" nodes."""
+    ranges: list[tuple[int, int]] = []
+    for child in tree.children(0):
+        if tree.string_list(child, "device_type") != ["memory"]:
+            continue
+        path = tree.fdt.get_path(child)
+        cells = tree.cells(child, "reg") or []
+        if not cells or len(cells) % (address_cells + size_cells):
+            fail(path, "memory-reg", f"reg is not a list of <{address_cells}-cell address, {size_cells}-cell size> pairs")
+            continue
+        ranges += [(base, base + size) for base, size in split_entries(cells, address_cells, size_cells)]
+    if not ranges:
+        fail("/", "memory", 'no device_type = "memory" node with a reg: the tree describes no RAM')
+    return merged(ranges)
+
+
+def check_reserved_memory(tree, address_cells, size_cells, ram, page_size, cma_alignment, fail) -> dict[int, Region]:
+    """Check /reserved-memory and its children; return the regions by node offset."""
+    regions: dict[int, Region] = {}
+    parent = tree.path_offset("/reserved-memory")
+    if parent is None:
+        return regions
+    rm_ac = tree.cells(parent, "#address-cells")
+    rm_sc = tree.cells(parent, "#size-cells")
+    for name, cells, root_value in (("#address-cells", rm_ac, address_cells), ("#size-cells", rm_sc, size_cells)):
+        if cells is None:
+            fail("/reserved-memory", "reserved-memory-cells",
+                 f"missing {name}: add {name} = <{root_value}> (the root's value; the kernel reads regions with it)")
+        elif cells != [root_value]:
+            fail("/reserved-memory", "reserved-memory-cells",
+                 f"{name} = <{cells[0] if cells else ''}> differs from the root's <{root_value}>: "
+                 "with an empty ranges they must be equal")
+    if tree.prop(parent, "ranges") != b"":
+        fail("/reserved-memory", "reserved-memory-ranges",
+             "needs an empty `ranges;` (regions are addressed in the root's address space)")
+    ac = rm_ac[0] if rm_ac else 2
+    sc = rm_sc[0] if rm_sc else 1
+
+    for child in tree.children(parent):
+        path = tree.fdt.get_path(child)
+        no_map, reusable = tree.has(child, "no-map"), tree.has(child, "reusable")
+        if no_map and reusable:
+            fail(path, "no-map-xor-reusable", "has both no-map and reusable: a pool is either a carve-out or CMA")
+        reg = tree.cells(child, "reg")
+        if reg is not None:
+            entries = split_entries(reg, ac, sc)
+            if not entries or len(reg) != ac + sc:
+                fail(path, "reg-format", f"reg must be one <{ac}-cell address, {sc}-cell size> entry, has {len(reg)} cells")
+                continue
+            base, size = entries[0]
+            region = Region(path, base, size, no_map, reusable)
+            check_static_region(tree, child, region, ram, page_size, cma_alignment, fail)
+        else:
+            size_value = tree.cells(child, "size")
+            if not size_value or len(size_value) != sc:
+                fail(path, "reg-format", f"has neither reg nor a {sc}-cell size")
+                continue
+            region = Region(path, None, join_cells(size_value), no_map, reusable)
+            check_dynamic_region(tree, child, region, ac, sc, ram, page_size, cma_alignment, fail)
+        regions[child] = region
+
+    static = sorted((r for r in regions.values() if r.base is not None), key=lambda r: r.base)
+    for i, first in enumerate(static):
+        for second in static[i + 1:]:
+            if second.base < first.base + first.size:
+                fail(second.path, "overlap",
+                     f"[{second.base:#x}, {second.base + second.size:#x}) overlaps {first.path} "
+                     f"[{first.base:#x}, {first.base + first.size:#x}): move one of them")
+    return regions
+
+
+def check_static_region(tree, offset, region: Region, ram, page_size, cma_alignment, fail) -> None:
+    path, base, size = region.path, region.base, region.size
+    assert base is not None
+    unit = tree.name(offset).partition("@")[2]
+    if unit != f"{base:x}":
+        fail(path, "unit-address", f"unit address '@{unit}' does not match reg base {base:#x}: name it @{base:x}")
+    if size == 0:
+        fail(path, "alignment", "size 0")
+    if not any(start <= base and base + size <= end for start, end in ram):
+        ram_text = ", ".join(f"[{s:#x}, {e:#x})" for s, e in ram) or "none"
+        fail(path, "inside-ram", f"[{base:#x}, {base + size:#x}) is not inside RAM ({ram_text}): move it into a memory range")
+    if base % page_size or size % page_size:
+        fail(path, "alignment", f"base {base:#x} and size {size:#x} must be multiples of the {page_size >> 10} KiB page")
+    if region.reusable and (base % cma_alignment or size % cma_alignment):
+        fail(path, "cma-alignment",
+             f"CMA region base {base:#x} / size {size:#x} not aligned to {hexsize(cma_alignment)} "
+             "(the kernel's CMA pageblock): the kernel would refuse the pool")
+
+
+def check_dynamic_region(tree, offset, region: Region, ac, sc, ram, page_size, cma_alignment, fail) -> None:
+    path, size = region.path, region.size
+    if size == 0 or size % page_size:
+        fail(path, "alignment", f"size {size:#x} must be a non-zero multiple of the {page_size >> 10} KiB page")
+    if region.reusable and size % cma_alignment:
+        fail(path, "cma-alignment", f"CMA region size {size:#x} not a multiple of {hexsize(cma_alignment)}")
+    ranges = tree.cells(offset, "alloc-ranges")
+    if ranges is not None:
+        usable = 0
+        for start, length in split_entries(ranges, ac, sc):
+            for ram_start, ram_end in ram:
+                usable = max(usable, min(start + length, ram_end) - max(start, ram_start))
+        if usable < size:
+            fail(path, "inside-ram", f"alloc-ranges leave no {hexsize(size)} stretch of RAM to place the pool in")
+
+
+def check_u_dma_buf(tree: Tree, regions: dict[int, Region], page_size: int, fail) -> None:
+    users: dict[int, list[tuple[str, int]]] = {}
+    names: dict[str, str] = {}
+    minors: dict[int, str] = {}
+    for offset, path in tree.nodes():
+        if U_DMA_BUF not in tree.string_list(offset, "compatible"):
+            continue
+        raw_size = tree.prop(offset, "size")
+        if raw_size is None or len(raw_size) not in (4, 8):
+            fail(path, "udmabuf-size", "size must be 1 cell, or 2 cells for 4 GiB or more")
+            continue
+        size = int.from_bytes(raw_size, "big")
+        if size == 0:
+            fail(path, "udmabuf-size", "size 0: the driver refuses to probe")
+            continue
+
+        minor = tree.cells(offset, "minor-number")
+        name = tree.string_list(offset, "device-name")
+        device = name[0] if name else (f"udmabuf{minor[0]}" if minor else tree.name(offset))
+        if device in names:
+            fail(path, "unique-device", f"device name '{device}' is also {names[device]}'s: probe would fail")
+        names.setdefault(device, path)
+        if minor:
+            if minor[0] > MAX_MINOR:
+                fail(path, "unique-device", f"minor-number {minor[0]} is above {MAX_MINOR}")
+            elif minor[0] in minors:
+                fail(path, "unique-device", f"minor-number {minor[0]} is also {minors[minor[0]]}'s: probe would fail")
+            minors.setdefault(minor[0], path)
+
+        phandles = tree.cells(offset, "memory-region")
+        if phandles is None:
+            continue  # the kernel's default CMA area
+        if len(phandles) != 1:
+            fail(path, "memory-region", f"memory-region has {len(phandles)} cells: give exactly one phandle (the driver uses only the first)")
+            if not phandles:
+                continue
+        target = tree.fdt.node_offset_by_phandle(phandles[0], quiet=(libfdt.NOTFOUND, libfdt.BADPHANDLE))
+        if target < 0:
+            fail(path, "memory-region", f"memory-region phandle {phandles[0]:#x} resolves to no node: point it at a /reserved-memory pool")
+            continue
+        if target not in regions:
+            fail(path, "memory-region", f"memory-region points at {tree.fdt.get_path(target)}, which is not a /reserved-memory region")
+            continue
+        if "shared-dma-pool" not in tree.string_list(target, "compatible"):
+            fail(path, "memory-region", f"memory-region {regions[target].path} is not a \"shared-dma-pool\": the kernel sets up no allocator on it")
+        users.setdefault(target, []).append((path, size))
+
+    for target, buffers in users.items():
+        region = regions[target]
+        if region.no_map:
+            need = sum(get_order_bytes(size, page_size) for _, size in buffers)
+            how = "power-of-two blocks from a no-map pool"
+        else:
+            need = sum(-(-size // page_size) * page_size for _, size in buffers)
+            how = "whole pages"
+        if need > region.size:
+            who = ", ".join(f"{path} ({hexsize(size)})" for path, size in buffers)
+            fail(buffers[-1][0], "fits-region",
+                 f"buffers {who} need {hexsize(need)} ({how}) but {region.path} holds {hexsize(region.size)}: "
+                 "shrink the buffers or grow the region")
