@@ -540,6 +540,52 @@ def build_overlay(build: Path, base: Path, udmabuf_ko: str | None, mode: str) ->
     return out
 
 
+# ---------------------------------------------------------------- u-dma-buf.ko
+
+def build_udmabuf(build: Path, src: Path) -> Path:
+    """Cross-build u-dma-buf.ko against Debian's headers for the guest's kernel ABI:
+    linux-headers-<abi>-arm64 + -common and the host's linux-kbuild-<ver> (host
+    tools), unpacked with dpkg -x; the headers' Makefile includes -common by an
+    absolute /usr/src path, rewritten to the unpack location."""
+    if not (src / "u-dma-buf.c").exists():
+        die(f"{src} has no u-dma-buf.c", "clone the driver's source and check out a release tag")
+    host_arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                               text=True).stdout.strip()
+    apt = Apt(build / "apt-kbuild", extra_arch=host_arch if host_arch != "arm64" else None)
+    apt.update()
+    kpkg = apt.kernel_abi_package()
+    abi = kpkg[len("linux-image-"):]  # 6.1.0-57-arm64
+    common = abi.rsplit("-", 1)[0] + "-common"
+    hdr = [p for p in apt.resolve([f"linux-headers-{abi}"])
+           if p[0] in (f"linux-headers-{abi}", f"linux-headers-{common}")
+           or p[0].startswith("linux-kbuild-")]
+    kbuild = [p for p in hdr if p[0].startswith("linux-kbuild-")]
+    if not kbuild:
+        die("linux-headers did not bring a linux-kbuild package")
+    # The kbuild tools run on the host: its architecture, not arm64.
+    hdr = [p for p in hdr if not p[0].startswith("linux-kbuild-")]
+    hdr += [(kbuild[0][0], kbuild[0][1], host_arch)]
+    debs = apt.download(hdr)
+    root = build / f"headers-{abi}"
+    shutil.rmtree(root, ignore_errors=True)
+    for deb in debs:
+        run(["dpkg-deb", "-x", str(deb), str(root)])
+    kdir = root / f"usr/src/linux-headers-{abi}"
+    mk = kdir / "Makefile"
+    mk.write_text(mk.read_text().replace("include /usr/src/", f"include {root}/usr/src/"))
+    cross = [] if host_arch == "arm64" else ["CROSS_COMPILE=aarch64-linux-gnu-"]
+    log(f"building {src}/u-dma-buf.ko against linux-headers-{abi}")
+    # The driver's Makefile uses $(PWD): run it from inside the source directory.
+    run(["make", "ARCH=arm64", *cross, f"KERNEL_SRC={kdir}"], cwd=src,
+        env=dict(os.environ, PWD=str(src)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = build / "udmabuf/u-dma-buf.ko"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "u-dma-buf.ko", out)
+    vermagic = re.search(rb"vermagic=([^\0]*)\0", out.read_bytes())
+    log(f"{out}  (vermagic {vermagic.group(1).decode() if vermagic else '?'})")
+    return out
+
+
 # ---------------------------------------------------------------- boot
 
 def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
@@ -597,7 +643,7 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
                 m = re.match(r"^(PASS|FAIL|SKIP): (.*)$", line)
                 if m:
                     results[m.group(1)].append(m.group(2))
-                    if not args.verbose and m.group(1) != "PASS":
+                    if not args.verbose and m.group(1) == "FAIL":
                         print(f"  {line}", flush=True)
                     continue
                 if line.startswith(MARK):
@@ -644,6 +690,13 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
         print(f"  regions   {marks.get('regions', '')}")
     if args.mode == "run":
         print(f"  seed      {' | '.join(seed_out[-3:]) or '(no output)'}  [{marks.get('seed-end', '')}]")
+    reasons: dict[str, int] = {}
+    for skipped in results["SKIP"]:
+        m = re.search(r" \((.*)\)$", skipped)
+        why = m.group(1) if m else "?"
+        reasons[why] = reasons.get(why, 0) + 1
+    for why, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        print(f"  SKIP x{count}: {why}")
     for f in results["FAIL"]:
         print(f"  FAIL: {f}")
     if problems:
@@ -657,9 +710,11 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["run", "test", "image"],
+    ap.add_argument("mode", choices=["run", "test", "image", "udmabuf-ko"],
                     help="run: seed example + target suite; test: target suite only; "
-                         "image: build (or reuse) the image and the DTB, no boot")
+                         "image: build (or reuse) the image and the DTB, no boot; "
+                         "udmabuf-ko: build u-dma-buf.ko from --src for the guest's kernel")
+    ap.add_argument("--src", help="u-dma-buf source directory (udmabuf-ko)")
     ap.add_argument("--build-dir", default=os.environ.get("QEMU_BUILD_DIR", str(REPO / "build/qemu")))
     ap.add_argument("--timeout", type=int, default=int(os.environ.get("QEMU_TIMEOUT", "300")))
     ap.add_argument("--memory", default="1G")
@@ -671,6 +726,11 @@ def main() -> int:
     t0 = time.monotonic()
     build = Path(args.build_dir)
     build.mkdir(parents=True, exist_ok=True)
+    if args.mode == "udmabuf-ko":
+        if not args.src:
+            die("udmabuf-ko needs --src <u-dma-buf source directory>")
+        build_udmabuf(build, Path(args.src).resolve())
+        return 0
     base = build_base(build, refresh=bool(os.environ.get("QEMU_REFRESH")))
     dtb = build_dtb(build, args.memory, args.smp, args.cpu)
     overlay = build_overlay(build, base, os.environ.get("UDMABUF_KO") or None,
