@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Tuple
 
 import numpy as np
 
+from ._platform import current_pid
 from .backends.udmabuf import FROM_DEVICE, TO_DEVICE, MappingKind
 from .errors import BufferFreedError, InvalidArgumentError
 
@@ -49,13 +50,13 @@ class Block:
         self.kind = kind
         self.cacheable = kind == MappingKind.CACHED
         self.freed = False
-        self.owner_pid = os.getpid()
+        self.owner_pid = current_pid()
         handle.live_blocks += 1
 
     def __del__(self) -> None:
         try:
             self.handle.live_blocks -= 1
-            if self.owner_pid == os.getpid():
+            if self.owner_pid == current_pid():
                 self.handle.ledger.free(self.offset)
         except Exception:  # interpreter shutdown, or a closed ledger: the slot lock frees it
             pass

@@ -33,6 +33,7 @@ import zlib
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Set, Tuple
 
+from ._platform import current_pid
 from .errors import DevicePermissionError, InvalidArgumentError, LedgerError, device_error
 from .pool import Pool, PoolStats
 
@@ -64,7 +65,7 @@ class Ledger:
         self.fd = fd
         self.pool = pool
         self.region_name = region_name
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.slot = -1
         self._epoch = -1
         self._data_start = _HEADER_SPACE
@@ -105,35 +106,55 @@ class Ledger:
         return ledger
 
     def close(self) -> None:
-        if self.fd >= 0 and self.pid == os.getpid():
+        if self.fd >= 0 and self.pid == current_pid():
             os.close(self.fd)  # drops our slot lock: our blocks become reclaimable
         self.fd = -1
 
     # -- locking and replay --------------------------------------------------------
-    @contextmanager
-    def _locked(self, catch_up: bool = True) -> Iterator[None]:
-        with self._thread_lock:
-            self._depth += 1
-            outermost = self._depth == 1
-            try:
-                if outermost:
-                    if self.fd < 0 or self.pid != os.getpid():
-                        raise LedgerError(
-                            f"the ledger of region {self.region_name} belongs to process "
-                            f"{self.pid}; a forked child allocates through its own handle",
-                            errno.EBADF, self.path)
-                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+    def _acquire(self, catch_up: bool = True) -> bool:
+        """Enter a ledger operation; True for the outermost one of this thread."""
+        self._thread_lock.acquire()
+        self._depth += 1
+        if self._depth > 1:
+            return False
+        try:
+            if self.fd < 0 or self.pid != current_pid():
+                raise LedgerError(
+                    f"the ledger of region {self.region_name} belongs to process "
+                    f"{self.pid}; a forked child allocates through its own handle",
+                    errno.EBADF, self.path)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            if catch_up:
                 try:
-                    if outermost and catch_up:
-                        self._catch_up()
-                    yield
-                    while outermost and self._deferred:
+                    self._catch_up()
+                except BaseException:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                    raise
+        except BaseException:
+            self._depth -= 1
+            self._thread_lock.release()
+            raise
+        return True
+
+    def _release(self, outermost: bool) -> None:
+        try:
+            if outermost:
+                try:
+                    while self._deferred:
                         self._free_locked(self._deferred.pop())
                 finally:
-                    if outermost:
-                        fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                self._depth -= 1
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self._depth -= 1
+            self._thread_lock.release()
+
+    @contextmanager
+    def _locked(self, catch_up: bool = True) -> Iterator[None]:
+        outermost = self._acquire(catch_up)
+        try:
+            yield
+        finally:
+            self._release(outermost)
 
     def _read_header(self) -> Tuple[int, int, int, int, int]:
         raw = os.pread(self.fd, _HEADER.size, 0)
@@ -303,7 +324,8 @@ class Ledger:
     # -- the operations ----------------------------------------------------------------
     def allocate(self, size: int, align: int) -> Tuple[int, int]:
         """Take a block for this process: (offset, size really taken)."""
-        with self._locked():
+        outermost = self._acquire()  # the hot path: no context-manager overhead
+        try:
             self.reclaim_dead()
             align = max(align, self.pool.granule)
             size = self.pool.round_size(size)
@@ -316,18 +338,23 @@ class Ledger:
             self._blocks_of.setdefault(self.slot, set()).add(offset)
             self._append(_OP_ALLOC, self.slot, offset, size, free_start)
             return offset, size
+        finally:
+            self._release(outermost)
 
     def free(self, offset: int) -> None:
         """Give back a block of this process. Re-entrant: a free that happens while this
         thread is inside a ledger operation (garbage collection) runs when it ends."""
-        if self.fd < 0 or self.pid != os.getpid():
+        if self.fd < 0 or self.pid != current_pid():
             return  # forked child, or closed: the block is not ours to give back
         with self._thread_lock:
             if self._depth:
                 self._deferred.append(offset)
                 return
-            with self._locked():
+            outermost = self._acquire()
+            try:
                 self._free_locked(offset)
+            finally:
+                self._release(outermost)
 
     def _free_locked(self, offset: int) -> None:
         if self._owner.get(offset) != self.slot:

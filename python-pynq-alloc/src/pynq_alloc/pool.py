@@ -76,6 +76,7 @@ class Pool:
         self._free_by_start: Dict[int, int] = {}
         self._free_by_end: Dict[int, int] = {}
         self._classes = [_IndexedSet() for _ in range(_CLASSES)]
+        self._nonempty = 0  # bit k set <=> size class k holds a free block
         self._used: Dict[int, int] = {}
         self.used_bytes = 0
         if self.size:
@@ -85,12 +86,18 @@ class Pool:
     def _add_free(self, start: int, size: int) -> None:
         self._free_by_start[start] = size
         self._free_by_end[start + size] = start
-        self._classes[_size_class(size)].add(start)
+        cls = _size_class(size)
+        self._classes[cls].add(start)
+        self._nonempty |= 1 << cls
 
     def _remove_free(self, start: int) -> int:
         size = self._free_by_start.pop(start)
         del self._free_by_end[start + size]
-        self._classes[_size_class(size)].remove(start)
+        cls = _size_class(size)
+        members = self._classes[cls]
+        members.remove(start)
+        if not members.items:
+            self._nonempty &= ~(1 << cls)
         return size
 
     def _aligned(self, start: int, align: int) -> int:
@@ -141,8 +148,11 @@ class Pool:
 
     def find(self, size: int, align: int) -> Optional[Tuple[int, int]]:
         """Where a block of ``size`` bytes aligned to ``align`` fits: (free_start, offset)."""
-        for cls in range(_size_class(size), _CLASSES):
-            items = self._classes[cls].items
+        candidates = self._nonempty >> _size_class(size) << _size_class(size)
+        while candidates:
+            lowest = candidates & -candidates
+            candidates ^= lowest
+            items = self._classes[lowest.bit_length() - 1].items
             for free_start in items[-1 : -_SCAN_LIMIT - 1 : -1]:
                 offset = self._aligned(free_start, align)
                 if offset + size <= free_start + self._free_by_start[free_start]:
@@ -183,11 +193,9 @@ class Pool:
 
     def stats(self) -> PoolStats:
         largest = 0
-        for cls in range(_CLASSES - 1, -1, -1):
-            items = self._classes[cls].items
-            if items:
-                largest = max(self._free_by_start[s] for s in items)
-                break
+        if self._nonempty:
+            items = self._classes[self._nonempty.bit_length() - 1].items
+            largest = max(self._free_by_start[s] for s in items)
         return PoolStats(
             size=self.size,
             used=self.used_bytes,
@@ -225,3 +233,5 @@ class Pool:
             raise AssertionError("used byte count does not match the used blocks")
         if sum(len(c.items) for c in self._classes) != len(self._free_by_start):
             raise AssertionError("size classes hold blocks that are not free")
+        if self._nonempty != sum(1 << k for k, c in enumerate(self._classes) if c.items):
+            raise AssertionError("the non-empty class bitmap is out of date")

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .._platform import CACHE_LINE, PAGE_SIZE
+from .._platform import CACHE_LINE, PAGE_SIZE, current_pid
 from ..errors import (
     DeviceError,
     DriverInterfaceError,
@@ -207,7 +207,7 @@ class RegionHandle:
     def __init__(self, backend: UdmabufBackend, region: RegionInfo) -> None:
         self.backend = backend
         self.region = region
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self._lock = threading.Lock()
         self._mappings: Dict[bool, Tuple[int, mmap.mmap, str, int]] = {}
         self._sync_fds: Dict[int, int] = {}
@@ -442,11 +442,11 @@ class UdmabufBackend:
     def handle(self, region: RegionInfo) -> RegionHandle:
         """This process's handle of ``region`` (made once; a forked child makes its own)."""
         found = self._handles.get(region.name)
-        if found is not None and found.pid == os.getpid() and found.region is region:
+        if found is not None and found.pid == current_pid() and found.region is region:
             return found
         with self._lock:
             found = self._handles.get(region.name)
-            if found is None or found.pid != os.getpid() or found.region is not region:
+            if found is None or found.pid != current_pid() or found.region is not region:
                 found = RegionHandle(self, region)
                 self._handles[region.name] = found
         return found
@@ -454,6 +454,6 @@ class UdmabufBackend:
     def close(self) -> None:
         """Close every handle of this process (refused while buffers are alive)."""
         for name, handle in list(self._handles.items()):
-            if handle.pid == os.getpid():
+            if handle.pid == current_pid():
                 handle.close()
             del self._handles[name]
