@@ -1,44 +1,51 @@
+# nooelint: oelint.var.mandatoryvar.HOMEPAGE,oelint.var.suggestedvar.BUGTRACKER
+# (above: pynq-alloc has no public home page or bug tracker yet)
 SUMMARY = "PYNQ-style allocate(): physically contiguous DMA buffers as numpy arrays"
 DESCRIPTION = "pynq_alloc hands Python numpy arrays backed by device-tree \
-reserved, physically contiguous memory through the u-dma-buf driver, with \
-device addresses, exact-range cache flush/invalidate and a pynq-alloc \
-command line tool (info, selftest, bench)."
-HOMEPAGE = "https://github.com/pynq-alloc/pynq-alloc"
+               reserved, physically contiguous memory through the u-dma-buf \
+               driver, with device addresses, exact-range cache \
+               flush/invalidate and a pynq-alloc command line tool (info, \
+               selftest, bench)."
 SECTION = "devel/python"
 LICENSE = "MIT"
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
+LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=10;endline=10;md5=7d995d69c29a01e73a161f8674ecfc0c"
 
 # The package and its on-target tests come from the repository that holds
 # this layer (python-pynq-alloc/ and tests/target/), never from a copy.
+# nooelint: oelint.vars.fileextrapaths,oelint.vars.outofcontext
 FILESEXTRAPATHS:prepend := "${PYNQ_ALLOC_REPO_DIR}:"
-SRC_URI = " \
-    file://python-pynq-alloc/ \
-    file://tests/target/ \
-    file://run-ptest \
-"
+SRC_URI = "file://python-pynq-alloc/ \
+           file://tests/target/ \
+           file://run-ptest \
+           "
 
-S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/python-pynq-alloc"
+# Unpacked into UNPACKDIR on newer series, into WORKDIR on scarthgap.
+PYNQ_ALLOC_SRCDIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
+S = "${PYNQ_ALLOC_SRCDIR}/python-pynq-alloc"
 
 inherit python_setuptools_build_meta ptest
 
+CVE_PRODUCT = "pynq-alloc"
+
 do_install_ptest() {
     install -d ${D}${PTEST_PATH}/tests
-    cp -R --no-dereference --preserve=mode,links ${S}/../tests/target ${D}${PTEST_PATH}/tests/
+    cp -R --no-dereference --preserve=mode,links ${PYNQ_ALLOC_SRCDIR}/tests/target ${D}${PTEST_PATH}/tests/
     find ${D}${PTEST_PATH}/tests -name __pycache__ -prune -exec rm -rf {} \;
 }
 
-RDEPENDS:${PN} += " \
-    python3-core \
-    python3-numpy \
-    python3-mmap \
-    python3-fcntl \
-    python3-json \
-    python3-io \
-    python3-threading \
-    python3-datetime \
-"
-RDEPENDS:${PN}-ptest += " \
-    ${PN} \
-    python3-pytest \
-    python3-unittest-automake-output \
-"
+# Exactly what the package imports: numpy and, from the standard library,
+# fcntl, json, mmap, numbers, tempfile (python3-io); the rest (os, struct,
+# argparse, threading, zlib, ...) is in python3-core.
+RDEPENDS:${PN} += "python3-core \
+                   python3-fcntl \
+                   python3-io \
+                   python3-json \
+                   python3-mmap \
+                   python3-numbers \
+                   python3-numpy \
+                   "
+RDEPENDS:${PN}-ptest += "python3-pytest \
+                         python3-unittest-automake-output \
+                         "
+
+BBCLASSEXTEND = "native nativesdk"

@@ -1,8 +1,11 @@
+# nooelint: oelint.var.bbclassextend
+# (above: a kernel module is built for the target's kernel only, never native)
 SUMMARY = "u-dma-buf: user space mappable DMA buffers for Linux"
 DESCRIPTION = "Out-of-tree kernel module that exposes physically contiguous \
-DMA buffers (reserved in the device tree or given as module parameters) as \
-/dev/udmabufN character devices with cache-sync controls in \
-/sys/class/u-dma-buf/. It is the driver behind pynq-alloc's allocate()."
+               DMA buffers (reserved in the device tree or given as module \
+               parameters) as /dev/udmabufN character devices with cache-sync \
+               controls in /sys/class/u-dma-buf/. It is the driver behind \
+               pynq-alloc's allocate()."
 HOMEPAGE = "https://github.com/ikwzm/udmabuf"
 BUGTRACKER = "https://github.com/ikwzm/udmabuf/issues"
 SECTION = "kernel/modules"
@@ -13,6 +16,7 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=bebf0492502927bef0741aa04d1f35f5"
 SRC_URI = "git://github.com/ikwzm/udmabuf.git;protocol=https;branch=master"
 SRCREV = "15bcde3cb960321e99983e227aeacc5807888333"
 
+# Unpacked into UNPACKDIR on newer series, into WORKDIR on scarthgap.
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/git"
 
 inherit module
@@ -22,6 +26,8 @@ inherit module
 # It derives ARCH (exported by kernel-arch.bbclass) and would guess
 # CROSS_COMPILE=aarch64-linux-gnu-: hand it the toolchain's prefix instead.
 EXTRA_OEMAKE += "CONFIG_U_DMA_BUF=m CROSS_COMPILE=${TARGET_PREFIX}"
+
+CVE_PRODUCT = "u-dma-buf"
 
 # Load the module at boot: it then binds every "ikwzm,u-dma-buf" node of the
 # device tree and creates /dev/udmabufN for each.
