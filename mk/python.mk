@@ -16,9 +16,13 @@ $(VENV)/np%/.stamp: $(PKG)/pyproject.toml tests/python/requirements.txt | deps
 	$(VENV)/np$*/bin/pip install -q "$(NUMPY_np$*)" -r tests/python/requirements.txt -e $(PKG)
 	touch $@
 
-test-python-np%: $(VENV)/np%/.stamp
-	@echo "== host tests, $$($(VENV)/np$*/bin/python -c 'import numpy; print("numpy", numpy.__version__)')"
-	$(VENV)/np$*/bin/python -m pytest -q -p no:cacheprovider tests/python
+# (explicit rules: make skips pattern rules for .PHONY targets)
+HOST_PYTEST = @echo "== host tests, $$($(1)/bin/python -c 'import numpy; print("numpy", numpy.__version__)')" && \
+	$(1)/bin/python -m pytest -q -p no:cacheprovider tests/python
+test-python-np1: $(VENV)/np1/.stamp
+	$(call HOST_PYTEST,$(VENV)/np1)
+test-python-np2: $(VENV)/np2/.stamp
+	$(call HOST_PYTEST,$(VENV)/np2)
 
 test-python: test-python-np1 test-python-np2
 

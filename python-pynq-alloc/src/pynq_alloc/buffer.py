@@ -18,7 +18,6 @@ another buffer's data, and every pynq_alloc call on it (``device_address``,
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, Tuple
 
 import numpy as np
