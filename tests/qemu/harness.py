@@ -702,6 +702,8 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
     if problems:
         saved = build / f"console-failed-{time.strftime('%Y%m%d-%H%M%S')}.log"
         shutil.copy(log_path, saved)
+        for old in sorted(build.glob("console-failed-*.log"))[:-5]:  # keep the last five
+            old.unlink()
         print(f"  FAILED: {'; '.join(problems)}")
         print(f"  console log: {saved}")
     print(f"qemu-target: {n_pass} passed, {n_fail} failed, {n_skip} skipped")

@@ -72,6 +72,18 @@ def dma_group() -> grp.struct_group:
                     "u-dma-buf devices to it)")
 
 
+def run_dir_modes() -> dict:
+    """Owner, group and mode of the package's shared files (for failure messages)."""
+    run_dir = os.environ.get("PYNQ_ALLOC_RUN_DIR", "/run/pynq-alloc")
+    if not os.path.isdir(run_dir):
+        return {run_dir: "missing"}
+    found = {}
+    for path in [run_dir] + sorted(os.path.join(run_dir, n) for n in os.listdir(run_dir)):
+        st = os.stat(path)
+        found[path] = f"{st.st_uid}:{st.st_gid} {oct(st.st_mode & 0o7777)}"
+    return found
+
+
 def user_not_root(candidates: List[str], fallback: int) -> int:
     for name in candidates:
         try:
@@ -120,7 +132,8 @@ def test_a_user_in_group_dma_may_allocate(all_regions: List[Any], as_root: None)
     # its block while the member allocates.
     with pynq_alloc.allocate(4096, "u1", target=region.name) as mine:
         got = run_as(uid, uid, [dma.gr_gid], region)
-        assert got.get("ok") is True, f"uid {uid} in group dma could not allocate: {got}"
+        assert got.get("ok") is True, (
+            f"uid {uid} in group dma could not allocate: {got}; run dir: {run_dir_modes()}")
         assert region.phys_addr <= got["address"] < region.phys_addr + region.size
         assert not mine.device_address <= got["address"] < mine.device_address + mine.nbytes
 
