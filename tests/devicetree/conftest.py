@@ -4,22 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import dttools
+import pytest
 
 # The generic dtsi on its own, in the configurations a board can pick.
 GENERIC_CONFIGS: dict[str, tuple[int, str, dict[str, str]]] = {
     # name: (root cells, memory reg, cpp defines)
     "generic-dynamic-64bit": (2, "<0x0 0x40000000 0x0 0x40000000>", {}),
     "generic-dynamic-32bit": (1, "<0x0 0x20000000>", {"PYNQ_ALLOC_ADDRESS_CELLS": "1"}),
-    "generic-fixed-coherent": (2, "<0x0 0x40000000 0x0 0x40000000>", {
-        "PYNQ_ALLOC_NOMAP_BASE": "7f000000", "PYNQ_ALLOC_CMA_BASE": "7c000000",
-        "PYNQ_ALLOC_CMA_SIZE": "0x02000000", "PYNQ_ALLOC_DMA_COHERENT": ""}),
-    "generic-cma-only": (2, "<0x0 0x40000000 0x0 0x40000000>", {
-        "PYNQ_ALLOC_CMA_BASE": "7c000000", "PYNQ_ALLOC_NO_NOMAP_POOL": ""}),
-    "generic-nomap-only": (1, "<0x0 0x20000000>", {
-        "PYNQ_ALLOC_ADDRESS_CELLS": "1", "PYNQ_ALLOC_NOMAP_BASE": "1f000000", "PYNQ_ALLOC_NO_CMA_POOL": ""}),
+    "generic-fixed-coherent": (
+        2,
+        "<0x0 0x40000000 0x0 0x40000000>",
+        {
+            "PYNQ_ALLOC_NOMAP_BASE": "7f000000",
+            "PYNQ_ALLOC_CMA_BASE": "7c000000",
+            "PYNQ_ALLOC_CMA_SIZE": "0x02000000",
+            "PYNQ_ALLOC_DMA_COHERENT": "",
+        },
+    ),
+    "generic-cma-only": (
+        2,
+        "<0x0 0x40000000 0x0 0x40000000>",
+        {"PYNQ_ALLOC_CMA_BASE": "7c000000", "PYNQ_ALLOC_NO_NOMAP_POOL": ""},
+    ),
+    "generic-nomap-only": (
+        1,
+        "<0x0 0x20000000>",
+        {
+            "PYNQ_ALLOC_ADDRESS_CELLS": "1",
+            "PYNQ_ALLOC_NOMAP_BASE": "1f000000",
+            "PYNQ_ALLOC_NO_CMA_POOL": "",
+        },
+    ),
 }
 BOARD_STUBS = sorted(dttools.BOARDS.glob("*.dts"))
 
@@ -61,7 +77,9 @@ def fresh_qemu_dtb(workdir) -> Path:
 def virt_dtb(workdir) -> Path:
     """The DTB the QEMU harness boots, made by the documented command."""
     out = workdir / "virt.dtb"
-    result = dttools.run([dttools.BUILD_DTB, "--memory", "1G", "--smp", "1", "--cpu", "cortex-a53", "--out", out])
+    result = dttools.run(
+        [dttools.BUILD_DTB, "--memory", "1G", "--smp", "1", "--cpu", "cortex-a53", "--out", out]
+    )
     assert result.returncode == 0, result.stderr
     return out
 

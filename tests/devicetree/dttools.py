@@ -35,20 +35,26 @@ def venv_tool(name: str) -> str:
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, check=False, **kwargs
+    )
 
 
 def preprocess(source: Path, out: Path, defines: dict[str, str] | None = None) -> None:
     args = ["cpp", "-nostdinc", "-undef", "-D__DTS__", "-x", "assembler-with-cpp"]
     args += [f"-I{d}" for d in INCLUDE_DIRS]
     args += [f"-D{k}={v}" if v else f"-D{k}" for k, v in (defines or {}).items()]
-    result = run(args + ["-o", out, source])
+    result = run([*args, "-o", out, source])
     if result.returncode:
         raise AssertionError(f"cpp failed on {source}:\n{result.stderr}")
 
 
 def compile_dts(
-    source: Path, workdir: Path, *, defines: dict[str, str] | None = None, dtc_flags: list[str] | None = None
+    source: Path,
+    workdir: Path,
+    *,
+    defines: dict[str, str] | None = None,
+    dtc_flags: list[str] | None = None,
 ) -> tuple[Path, str]:
     """Preprocess and compile source; return (dtb, whatever dtc printed)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +79,21 @@ def dtc_warnings_of_dtb(dtb: Path) -> list[str]:
 
 
 def dump_qemu_dtb(out: Path, memory: str = "1G", smp: str = "1", cpu: str = "cortex-a53") -> Path:
-    result = run([QEMU, "-M", f"virt,dumpdtb={out}", "-m", memory, "-smp", smp, "-cpu", cpu,
-                  "-display", "none", "-nodefaults"])
+    result = run(
+        [
+            QEMU,
+            "-M",
+            f"virt,dumpdtb={out}",
+            "-m",
+            memory,
+            "-smp",
+            smp,
+            "-cpu",
+            cpu,
+            "-display",
+            "none",
+            "-nodefaults",
+        ]
+    )
     assert out.exists(), f"{QEMU} did not dump a DTB:\n{result.stdout}{result.stderr}"
     return out

@@ -4,10 +4,9 @@ the layout the QEMU harness and the target tests rely on (CONTRACT: udmabuf0 =
 
 from __future__ import annotations
 
-import pytest
-
 import dtcheck
 import dttools
+import pytest
 
 MiB = 1 << 20
 
@@ -25,9 +24,13 @@ def buffers(tree: dtcheck.Tree) -> dict[str, dict]:
         region = tree.fdt.node_offset_by_phandle(tree.cells(offset, "memory-region")[0])
         reg = dtcheck.split_entries(tree.cells(region, "reg"), 2, 2)[0]
         out[tree.string_list(offset, "device-name")[0]] = {
-            "path": path, "size": dtcheck.join_cells(tree.cells(offset, "size")),
-            "sync-mode": tree.cells(offset, "sync-mode"), "base": reg[0], "region-size": reg[1],
-            "no-map": tree.has(region, "no-map"), "reusable": tree.has(region, "reusable"),
+            "path": path,
+            "size": dtcheck.join_cells(tree.cells(offset, "size")),
+            "sync-mode": tree.cells(offset, "sync-mode"),
+            "base": reg[0],
+            "region-size": reg[1],
+            "no-map": tree.has(region, "no-map"),
+            "reusable": tree.has(region, "reusable"),
             "dma-coherent": tree.has(offset, "dma-coherent"),
         }
     return out
@@ -53,7 +56,9 @@ def test_overlay_adds_the_contract_layout(virt_dtb):
     assert found["udmabuf1"]["reusable"] and not found["udmabuf1"]["no-map"]
     for name, node in found.items():
         assert node["size"] == node["region-size"] == 16 * MiB, name
-        assert node["sync-mode"] == [2], f"{name}: sync-mode 2 gives write-combine, not Device memory, to O_SYNC maps"
+        assert node["sync-mode"] == [2], (
+            f"{name}: sync-mode 2 gives write-combine, not Device memory, to O_SYNC maps"
+        )
         assert not node["dma-coherent"], name
 
 
@@ -67,20 +72,25 @@ def test_pools_sit_at_the_top_of_1g_of_ram(virt_dtb):
 @pytest.mark.parametrize("memory,smp", [("512M", "1"), ("2G", "2"), ("6G", "1")])
 def test_other_memory_sizes_keep_pools_in_ram_below_4g(tmp_path, memory, smp):
     out = tmp_path / f"virt-{memory}.dtb"
-    result = dttools.run([dttools.BUILD_DTB, "--memory", memory, "--smp", smp, "--cpu", "cortex-a53", "--out", out])
+    result = dttools.run(
+        [dttools.BUILD_DTB, "--memory", memory, "--smp", smp, "--cpu", "cortex-a53", "--out", out]
+    )
     assert result.returncode == 0, result.stderr
     assert [str(p) for p in dtcheck.check(out.read_bytes())] == []
     for node in buffers(dtcheck.Tree(out.read_bytes())).values():
         assert node["base"] + node["region-size"] <= 1 << 32
 
 
-@pytest.mark.parametrize("args,complaint", [
-    (["--memory", "1G", "--smp", "1", "--cpu", "cortex-a53"], "--out"),
-    (["--memory", "lots", "--out", "x.dtb"], "--memory"),
-    (["--memory", "128M", "--out", "x.dtb"], "160M"),
-    (["--machine", "sbsa-ref", "--out", "x.dtb"], "virt"),
-    (["--frobnicate"], "unknown argument"),
-])
+@pytest.mark.parametrize(
+    "args,complaint",
+    [
+        (["--memory", "1G", "--smp", "1", "--cpu", "cortex-a53"], "--out"),
+        (["--memory", "lots", "--out", "x.dtb"], "--memory"),
+        (["--memory", "128M", "--out", "x.dtb"], "160M"),
+        (["--machine", "sbsa-ref", "--out", "x.dtb"], "virt"),
+        (["--frobnicate"], "unknown argument"),
+    ],
+)
 def test_build_dtb_refuses_bad_arguments_with_a_reason(tmp_path, args, complaint):
     result = dttools.run([dttools.BUILD_DTB, *args], cwd=tmp_path)
     assert result.returncode != 0

@@ -3,17 +3,17 @@
 Positive: the QEMU DTB (overlay on QEMU's own DTB) and every board tree break
 no rule. Negative: each file in broken/ breaks one rule on purpose; its
 `// expect: <rule> <node>` line says which, and the check must report that
-rule for that node, naming the node in the message.
+rule for that node, naming the node in the message, and no other rule than
+the consequences the file lists (`// also: <rule>`).
 """
 
 from __future__ import annotations
 
 import re
 
-import pytest
-
 import dtcheck
 import dttools
+import pytest
 from conftest import BOARD_STUBS, GENERIC_CONFIGS
 
 BROKEN = sorted(dttools.BROKEN.glob("*.dts"))
@@ -23,6 +23,11 @@ def expectation(source) -> tuple[str, str]:
     match = re.search(r"^// expect: (\S+) (\S+)$", source.read_text(), re.M)
     assert match, f"{source.name} lacks an '// expect: <rule> <node>' line"
     return match.group(1), match.group(2)
+
+
+def consequences(source) -> set[str]:
+    """Rules a file says break as a consequence of its one break (// also: <rule>)."""
+    return set(re.findall(r"^// also: (\S+)", source.read_text(), re.M))
 
 
 def problems_of(dtb, rule=None) -> list[dtcheck.Problem]:
@@ -48,11 +53,15 @@ def test_broken_tree_is_rejected_naming_the_node(source, tmp_path):
     hits = [p for p in problems if p.rule == rule and p.node == node]
     assert hits, f"{source.name}: expected [{rule}] at {node}, got: {[str(p) for p in problems]}"
     assert all(node in str(p) for p in hits)
+    others = {p.rule for p in problems} - {rule} - consequences(source)
+    assert not others, f"{source.name} breaks more than [{rule}]: {[str(p) for p in problems]}"
 
 
 def test_every_rule_has_a_broken_tree():
     covered = {expectation(source)[0] for source in BROKEN}
-    assert set(dtcheck.RULES) <= covered, f"rules no broken/ file exercises: {set(dtcheck.RULES) - covered}"
+    assert set(dtcheck.RULES) <= covered, (
+        f"rules no broken/ file exercises: {set(dtcheck.RULES) - covered}"
+    )
 
 
 def test_no_map_pool_allocates_in_power_of_two_blocks():

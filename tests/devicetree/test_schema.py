@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import libfdt
-import pytest
-
 import dtcheck
 import dttools
+import libfdt
+import pytest
 from conftest import BOARD_STUBS, GENERIC_CONFIGS
 
 BINDING = dttools.BINDINGS / "ikwzm,u-dma-buf.yaml"
@@ -33,8 +32,11 @@ def only_our_nodes(dtb: Path, out: Path) -> Path:
     names = [tree.name(child) for child in tree.children(0)]
     for name in names:
         node = fdt.path_offset("/" + name)
-        keep = (name.startswith("memory@") or name == "reserved-memory"
-                or dtcheck.U_DMA_BUF in tree.string_list(node, "compatible"))
+        keep = (
+            name.startswith("memory@")
+            or name == "reserved-memory"
+            or dtcheck.U_DMA_BUF in tree.string_list(node, "compatible")
+        )
         if not keep:
             fdt.del_node(node)
     fdt.delprop(0, "interrupt-parent", quiet=(libfdt.NOTFOUND,))
@@ -48,7 +50,9 @@ def only_our_nodes(dtb: Path, out: Path) -> Path:
 
 def test_binding_passes_the_dt_schema_meta_schema():
     result = dttools.run([dttools.venv_tool("dt-doc-validate"), "-u", dttools.BINDINGS, BINDING])
-    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
 
 
 def test_meta_schema_check_rejects_a_broken_binding(tmp_path):
@@ -56,8 +60,13 @@ def test_meta_schema_check_rejects_a_broken_binding(tmp_path):
     unknown keyword is refused."""
     broken = tmp_path / "ikwzm,u-dma-buf.yaml"
     text = BINDING.read_text()
-    text = text.replace("maintainers:\n  - pynq-alloc developers <pynq-alloc@users.noreply.github.com>\n", "")
-    text = text.replace("  sync-always:\n    type: boolean\n", "  sync-always:\n    type: boolean\n    frobnicate: 3\n")
+    text = text.replace(
+        "maintainers:\n  - pynq-alloc developers <pynq-alloc@users.noreply.github.com>\n", ""
+    )
+    text = text.replace(
+        "  sync-always:\n    type: boolean\n",
+        "  sync-always:\n    type: boolean\n    frobnicate: 3\n",
+    )
     broken.write_text(text)
     result = dttools.run([dttools.venv_tool("dt-doc-validate"), "-u", tmp_path, broken])
     output = result.stdout + result.stderr
@@ -73,7 +82,9 @@ def test_binding_examples_pass_the_binding(tmp_path, processed_schema):
     # #address-cells without reg children; the kernel's dt_binding_check
     # turns this one check off for examples too.
     dtb = tmp_path / "example.dtb"
-    compiled = dttools.run(["dtc", "-I", "dts", "-O", "dtb", "-Wno-avoid_unnecessary_addr_size", "-o", dtb, example])
+    compiled = dttools.run(
+        ["dtc", "-I", "dts", "-O", "dtb", "-Wno-avoid_unnecessary_addr_size", "-o", dtb, example]
+    )
     assert compiled.returncode == 0 and not compiled.stderr, compiled.stderr
     assert dt_validate(processed_schema, dtb) == ""
 
@@ -119,12 +130,15 @@ def test_binding_rejects_invalid_u_dma_buf_node(case, tmp_path, processed_schema
     extra = INVALID_NODES[case] or ""
     source = tmp_path / f"{case}.dts"
     source.write_text(
-        "/dts-v1/;\n/ {\n\tmodel = \"t\";\n\tcompatible = \"pynq-alloc,test\";\n"
+        '/dts-v1/;\n/ {\n\tmodel = "t";\n\tcompatible = "pynq-alloc,test";\n'
         "\t#address-cells = <1>;\n\t#size-cells = <1>;\n"
-        "\tmemory@0 { device_type = \"memory\"; reg = <0x0 0x20000000>; };\n"
+        '\tmemory@0 { device_type = "memory"; reg = <0x0 0x20000000>; };\n'
         "\treserved-memory {\n\t\t#address-cells = <1>;\n\t\t#size-cells = <1>;\n\t\tranges;\n"
-        "\t\tpool: dma-pool@1f000000 { compatible = \"shared-dma-pool\"; no-map; reg = <0x1f000000 0x1000000>; };\n\t};\n"
-        f"\tbroken-buffer {{\n\t\tcompatible = \"ikwzm,u-dma-buf\";\n\t\t{size}\n\t\t{extra}\n"
+        "\t\tpool: dma-pool@1f000000 {\n"
+        '\t\t\tcompatible = "shared-dma-pool";\n\t\t\tno-map;\n'
+        "\t\t\treg = <0x1f000000 0x1000000>;\n"
+        "\t\t};\n\t};\n"
+        f'\tbroken-buffer {{\n\t\tcompatible = "ikwzm,u-dma-buf";\n\t\t{size}\n\t\t{extra}\n'
         + ("" if "memory-region" in extra else "\t\tmemory-region = <&pool>;\n")
         + "\t};\n};\n"
     )
