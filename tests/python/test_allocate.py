@@ -7,10 +7,7 @@ import pynq_alloc
 import pytest
 from pynq_alloc import (
     Buffer,
-    InvalidArgumentError,
-    InvalidTypeError,
     OutOfMemoryError,
-    RegionNotFoundError,
     allocate,
 )
 from pynq_alloc.backends.sim import Simulator
@@ -69,41 +66,6 @@ def test_buffers_are_page_aligned_by_default_and_honour_align(backend: UdmabufBa
     for _ in range(3):
         assert allocate(10, "u1", backend=backend).device_address % mmap.PAGESIZE == 0
     assert allocate(10, "u1", align=1 << 20, backend=backend).device_address % (1 << 20) == 0
-
-
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"shape": 0}, InvalidArgumentError, "zero"),
-    ({"shape": -3}, InvalidArgumentError, "negative"),
-    ({"shape": (4, 0)}, InvalidArgumentError, "zero"),
-    ({"shape": ()}, InvalidArgumentError, "shape=(1,)"),
-    ({"shape": 2.5}, InvalidTypeError, "not an integer"),
-    ({"shape": "10"}, InvalidTypeError, "not an integer"),
-    ({"shape": True}, InvalidTypeError, "not an integer"),
-    ({"shape": (2, None)}, InvalidTypeError, "not an integer"),
-    ({"shape": 4, "dtype": object}, InvalidTypeError, "Python objects"),
-    ({"shape": 4, "dtype": "V8"}, InvalidTypeError, "raw void"),
-    ({"shape": 4, "dtype": "U"}, InvalidTypeError, "no size"),
-    ({"shape": 4, "dtype": "not-a-type"}, InvalidTypeError, "not a numpy dtype"),
-    ({"shape": 4, "target": "udmabuf9"}, RegionNotFoundError, "'udmabuf0', 'udmabuf1'"),
-    ({"shape": 4, "target": 3}, InvalidTypeError, "region name"),
-    ({"shape": 4, "cacheble": False}, InvalidTypeError, "cacheble"),
-    ({"shape": 4, "cacheable": "yes"}, InvalidTypeError, "True or False"),
-    ({"shape": 4, "align": 3000}, InvalidArgumentError, "power of two"),
-    ({"shape": 4, "align": 0}, InvalidArgumentError, "power of two"),
-    ({"shape": 4, "align": 1.5}, InvalidTypeError, "power of two"),
-    ({"shape": 4, "align": 1 << 30}, OutOfMemoryError, "whole region"),
-    ({"shape": 1 << 30}, OutOfMemoryError, "whole region is 16777216 bytes"),
-    ({"shape": 4, "backend": "fpga"}, InvalidArgumentError, "udmabuf, sim"),
-])
-def test_bad_arguments_raise_a_clear_error_and_take_nothing(
-        backend: UdmabufBackend, kwargs: dict, error: type, words: str) -> None:
-    kwargs = dict(kwargs)
-    kwargs.setdefault("backend", backend)
-    with pytest.raises(error, match=".*" + __import__("re").escape(words)):
-        allocate(**kwargs)
-    ledger = backend.handle(backend.region()).ledger
-    assert ledger.stats().used == 0
-    ledger.check()
 
 
 def test_out_of_memory_states_request_largest_free_block_and_region_size(

@@ -7,7 +7,6 @@ import os
 import pytest
 from pynq_alloc import (
     DevicePermissionError,
-    DriverInterfaceError,
     DriverNotFoundError,
     allocate,
     regions,
@@ -34,30 +33,6 @@ def test_no_driver_is_a_clear_error_not_a_simulator(tmp_path: object) -> None:
         allocate(4, backend=backend)
     assert "PYNQ_ALLOC_BACKEND=sim" in str(info.value)
     assert isinstance(info.value, FileNotFoundError)
-
-
-@pytest.mark.parametrize("attr, text, words", [
-    ("driver_version", "9.0.1\n", "not supported"),
-    ("driver_version", "garbage\n", "not supported"),
-    ("phys_addr", "7ad00000\n", "not a hexadecimal address"),
-    ("phys_addr", "0xZZ\n", "not a hexadecimal address"),
-    ("size", "-5\n", "not a number"),
-    ("size", "0\n", "reserves no memory"),
-    ("sync_mode", "9\n", "not a number"),
-    ("dma_coherent", "yes\n", "not a number"),
-])
-def test_unexpected_sysfs_content_is_refused_with_the_file_named(
-        sim: Simulator, attr: str, text: str, words: str) -> None:
-    sim.write_attr("udmabuf0", attr, text)
-    with pytest.raises(DriverInterfaceError, match=words) as info:
-        allocate(4, backend=sim.backend())
-    assert info.value.filename is not None and attr in info.value.filename
-
-
-def test_missing_device_file_says_so(sim: Simulator) -> None:
-    os.unlink(sim.device_path("udmabuf0"))
-    with pytest.raises(DriverNotFoundError, match="does not exist"):
-        allocate(4, backend=sim.backend())
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes")

@@ -76,15 +76,40 @@ class Ledger:
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._deferred: List[int] = []
+        self.users = 1  # handles sharing this object (see open())
 
     # -- opening -----------------------------------------------------------------
     @classmethod
     def open(cls, handle: RegionHandle) -> Ledger:
+        """This process's ledger of the handle's region, shared by every handle of it.
+
+        One object per process and ledger file: a second descriptor of the file
+        would share our record locks (POSIX locks belong to the process), so a
+        second slot in this process would look dead to the first and be reclaimed,
+        and closing it would drop the first one's slot lock.
+        """
         region = handle.region
         run_dir = handle.backend.run_dir
         path = os.path.join(run_dir, f"{region.name}.ledger")
+        with _registry_lock:
+            try:
+                st = os.stat(path)
+                found = _open_ledgers.get((st.st_dev, st.st_ino))
+            except OSError:
+                found = None
+            if found is not None and found.pid == current_pid() and found.fd >= 0:
+                found.users += 1
+                return found
+            ledger = cls._open_file(handle, path)
+            st = os.fstat(ledger.fd)
+            _open_ledgers[(st.st_dev, st.st_ino)] = ledger
+            return ledger
+
+    @classmethod
+    def _open_file(cls, handle: RegionHandle, path: str) -> Ledger:
+        region = handle.region
         gid = _group_of(region.device_path)
-        _ensure_dir(run_dir, gid)
+        _ensure_dir(handle.backend.run_dir, gid)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
         except OSError as exc:
@@ -106,9 +131,18 @@ class Ledger:
         return ledger
 
     def close(self) -> None:
-        if self.fd >= 0 and self.pid == current_pid():
-            os.close(self.fd)  # drops our slot lock: our blocks become reclaimable
-        self.fd = -1
+        """One user fewer; the last one closes the file (dropping our slot lock, which
+        makes any block we still own reclaimable by other processes)."""
+        with _registry_lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            for key, ledger in list(_open_ledgers.items()):
+                if ledger is self:
+                    del _open_ledgers[key]
+            if self.fd >= 0 and self.pid == current_pid():
+                os.close(self.fd)
+            self.fd = -1
 
     # -- locking and replay --------------------------------------------------------
     def _acquire(self, catch_up: bool = True) -> bool:
@@ -386,6 +420,19 @@ class Ledger:
             fresh._catch_up()
             if sorted(fresh.pool.used_blocks()) != sorted(self.pool.used_blocks()):
                 raise AssertionError("the ledger file and this process's mirror disagree")
+
+
+_registry_lock = threading.Lock()
+# (st_dev, st_ino) of a ledger file -> this process's Ledger of it
+_open_ledgers: Dict[Tuple[int, int], Ledger] = {}
+
+
+def _forget_parent_ledgers() -> None:
+    # A forked child holds none of its parent's record locks: it opens its own.
+    _open_ledgers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_ledgers)
 
 
 def _group_of(device_path: str) -> Optional[int]:

@@ -115,8 +115,10 @@ class Simulator:
         return os.path.join(self.dev_root, region)
 
     def write_attr(self, region: str, attr: str, text: str) -> None:
-        """Put ``text`` in an attribute, as a driver (or a broken one) would show it."""
-        with open(self.attr_path(region, attr), "w", encoding="ascii") as f:
+        """Put ``text`` in an attribute, as a driver (or a broken one) would show it.
+
+        Latin-1, so that any byte value can be written (to emulate a corrupt file)."""
+        with open(self.attr_path(region, attr), "w", encoding="latin-1") as f:
             f.write(text)
 
     def _lay_out(self, region: SimRegion) -> None:
