@@ -19,7 +19,6 @@ exit status of this script.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -69,7 +69,7 @@ def log(msg: str) -> None:
     print(f"qemu: {msg}", flush=True)
 
 
-def die(msg: str, fix: str = "") -> "NoReturn":  # type: ignore[name-defined]
+def die(msg: str, fix: str = "") -> NoReturn:
     print(f"qemu: error: {msg}", file=sys.stderr)
     if fix:
         print(f"qemu: fix: {fix}", file=sys.stderr)
@@ -158,7 +158,7 @@ class Apt:
             return text
         lines: list[str] = []
         etc = Path("/etc/apt")
-        files = [etc / "sources.list"] + sorted((etc / "sources.list.d").glob("*"))
+        files = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*"))]
         for f in files:
             if not f.is_file():
                 continue
@@ -182,7 +182,8 @@ class Apt:
                     for uri in fields.get("uris", "").split():
                         for suite in fields.get("suites", "").split():
                             if suite.startswith(DEBIAN_RELEASE):
-                                lines.append(f"deb {uri} {suite} {fields.get('components', 'main')}")
+                                comps = fields.get("components", "main")
+                                lines.append(f"deb {uri} {suite} {comps}")
         if not lines:
             die(f"no Debian {DEBIAN_RELEASE} entry in /etc/apt/sources.list(.d)",
                 "point QEMU_APT_SOURCES at a file of one-line `deb URI bookworm main` entries")
@@ -677,19 +678,34 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
         problems.append("the guest stopped before its end marker")
     if "suite-end" not in marks:
         problems.append("the target suite did not run to its end")
+    elif marks["suite-end"].split()[0] not in ("rc=0", "rc=1"):  # 1: tests failed (counted)
+        problems.append(f"pytest could not run the suite ({marks['suite-end'].split()[0]})")
     elif not (n_pass or n_skip) or n_fail:
         problems.append(f"target suite: {n_fail} failed")
     if args.mode == "run":
-        rc = marks.get("seed-end", "rc=?")
+        rc = marks.get("seed-end", "rc=?").split()[0]
         if rc != "rc=0":
             problems.append(f"seed example failed ({rc})")
     print()
     print(f"pynq-alloc on qemu-system-aarch64 ({elapsed:.1f} s boot to power-off)")
     print(f"  kernel    {(base / 'abi').read_text()}, driver: {marks.get('driver', '?')}")
+    times = {k: re.search(r"t=([\d.]+)", marks.get(k, "")) for k in
+             ("init-start", "seed-begin", "suite-begin", "suite-end")}
+    t = {k: float(m.group(1)) for k, m in times.items() if m}
+    if len(t) >= 3:
+        phases = [f"kernel+init {t['init-start']:.1f} s"]
+        if "seed-begin" in t:
+            phases.append(f"seed example {t['suite-begin'] - t['seed-begin']:.1f} s")
+        if "suite-end" in t:
+            phases.append(f"target suite {t['suite-end'] - t['suite-begin']:.1f} s")
+        print(f"  guest     {', '.join(phases)}")
     if "region" in marks or "regions" in marks:
         print(f"  regions   {marks.get('regions', '')}")
     if args.mode == "run":
-        print(f"  seed      {' | '.join(seed_out[-3:]) or '(no output)'}  [{marks.get('seed-end', '')}]")
+        backend = re.search(r"backend=(\w+)", marks.get("seed-begin", ""))
+        print(f"  seed      {' | '.join(seed_out[-3:]) or '(no output)'}  "
+              f"[{marks.get('seed-end', 'rc=?').split()[0]}, "
+              f"{backend.group(1) if backend else '?'} backend]")
     reasons: dict[str, int] = {}
     for skipped in results["SKIP"]:
         m = re.search(r" \((.*)\)$", skipped)
@@ -717,7 +733,8 @@ def main() -> int:
                          "image: build (or reuse) the image and the DTB, no boot; "
                          "udmabuf-ko: build u-dma-buf.ko from --src for the guest's kernel")
     ap.add_argument("--src", help="u-dma-buf source directory (udmabuf-ko)")
-    ap.add_argument("--build-dir", default=os.environ.get("QEMU_BUILD_DIR", str(REPO / "build/qemu")))
+    ap.add_argument("--build-dir",
+                    default=os.environ.get("QEMU_BUILD_DIR", str(REPO / "build/qemu")))
     ap.add_argument("--timeout", type=int, default=int(os.environ.get("QEMU_TIMEOUT", "300")))
     ap.add_argument("--memory", default="1G")
     ap.add_argument("--smp", type=int, default=1)

@@ -77,7 +77,8 @@ def reserved_pool(name: str) -> Optional[Pool]:
             p = cand / prop
             if p.exists() and _cells(p) == [phandle]:
                 parent = cand.parent
-                ac = _cells(parent / "#address-cells")[0] if (parent / "#address-cells").exists() else 2
+                ac = _cells(parent / "#address-cells")[0] if (
+                    parent / "#address-cells").exists() else 2
                 sc = _cells(parent / "#size-cells")[0] if (parent / "#size-cells").exists() else 1
                 reg = _cells(cand / "reg")
                 base = sum(c << (32 * (ac - 1 - i)) for i, c in enumerate(reg[:ac]))
@@ -125,7 +126,7 @@ class Window:
         self._words.release()
         self._mm.close()
 
-    def __enter__(self) -> "Window":
+    def __enter__(self) -> Window:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,6 +12,7 @@ import sys
 from typing import Any, List, Tuple
 
 import numpy as np
+import pynq_alloc
 import pytest
 from helpers import (
     DEV_ROOT,
@@ -23,8 +24,6 @@ from helpers import (
     reserved_pool,
     sysfs,
 )
-
-import pynq_alloc
 
 WORDS = 2048  # 16 KiB: several pages, many cache lines
 

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from typing import Any, List, Tuple
 
+import pynq_alloc
 import pytest
 from helpers import DEV_ROOT, last_json, run_python
-
-import pynq_alloc
 
 HOLDER = """
 import json, sys
@@ -48,7 +47,7 @@ def test_two_processes_get_disjoint_blocks(all_regions: List[Any]) -> None:
             mine.flush()
             spans.append((mine.device_address, mine.device_address + mine.nbytes))
             spans.sort()
-            for (a_start, a_end), (b_start, _) in zip(spans, spans[1:]):
+            for (_, a_end), (b_start, _) in zip(spans, spans[1:]):
                 assert a_end <= b_start, f"overlapping blocks: {[hex(s) for s in spans[0]]}"
             for start, end in spans:
                 assert region.phys_addr <= start and end <= region.phys_addr + region.size
@@ -78,7 +77,7 @@ def run_dir_modes() -> dict:
     if not os.path.isdir(run_dir):
         return {run_dir: "missing"}
     found = {}
-    for path in [run_dir] + sorted(os.path.join(run_dir, n) for n in os.listdir(run_dir)):
+    for path in [run_dir, *sorted(os.path.join(run_dir, n) for n in os.listdir(run_dir))]:
         st = os.stat(path)
         found[path] = f"{st.st_uid}:{st.st_gid} {oct(st.st_mode & 0o7777)}"
     return found

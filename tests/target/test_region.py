@@ -9,10 +9,9 @@ import sys
 from typing import Any, List
 
 import numpy as np
+import pynq_alloc
 import pytest
 from helpers import reserved_pool, sysfs, udmabuf_node
-
-import pynq_alloc
 
 
 def pool_of(region: Any):
@@ -84,7 +83,7 @@ def test_allocating_more_than_the_region_raises_out_of_memory(region: Any) -> No
 
 
 def test_info_json_reports_every_region(all_regions: List[Any]) -> None:
-    out = subprocess.run(pynq_alloc_cli() + ["info", "--json"], capture_output=True, text=True,
+    out = subprocess.run([*pynq_alloc_cli(), "info", "--json"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -103,7 +102,7 @@ def test_info_json_reports_every_region(all_regions: List[Any]) -> None:
 
 
 def test_selftest_passes_on_every_region(all_regions: List[Any]) -> None:
-    out = subprocess.run(pynq_alloc_cli() + ["selftest", "--json"], capture_output=True,
+    out = subprocess.run([*pynq_alloc_cli(), "selftest", "--json"], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, f"selftest failed:\n{out.stdout}\n{out.stderr}"
     report = json.loads(out.stdout)
@@ -120,3 +119,29 @@ def test_seed_example_runs_on_the_first_region(all_regions: List[Any]) -> None:
     assert first.phys_addr <= buf.device_address < first.phys_addr + first.size
     assert np.array_equal(buf, np.arange(5, dtype="u4"))
     buf.freebuffer()
+
+
+def test_regions_report_their_usage(region: Any) -> None:
+    """CONTRACT: a region from regions() carries used, free and largest_free."""
+    before = region.used
+    assert region.used + region.free == region.size
+    assert 0 <= region.largest_free <= region.free
+    with pynq_alloc.allocate(1 << 20, "u1", target=region.name):
+        now = {r.name: r for r in pynq_alloc.regions(backend="udmabuf")}[region.name]
+        assert now.used >= before + (1 << 20)
+
+
+def test_freeing_a_buffer_keeps_the_memory_of_its_live_views(region: Any) -> None:
+    buf = pynq_alloc.allocate(1 << 16, "u1", target=region.name)
+    buf[:] = 0x77
+    view = buf[100:200]
+    low = view.__array_interface__["data"][0]
+    buf.freebuffer()
+    with pynq_alloc.allocate(1 << 16, "u1", target=region.name) as other:
+        other[:] = 0x11
+        start = other.__array_interface__["data"][0]
+        assert not start <= low < start + other.nbytes, "a live view's memory was handed out again"
+        assert bool((view.view(np.ndarray) == 0x77).all())
+    with pytest.raises(pynq_alloc.BufferFreedError):
+        view.flush()
+    del view
