@@ -589,6 +589,25 @@ def build_udmabuf(build: Path, src: Path) -> Path:
 
 # ---------------------------------------------------------------- boot
 
+def reserved_pools(notes: dict[str, list[str]]) -> list[str]:
+    """The reserved-memory pools the guest kernel made (dmesg), each with the
+    /proc/iomem line that holds its base: proof the region is live."""
+    iomem = [line.strip() for line in notes.get("iomem", [])]
+    pools = []
+    for line in notes.get("info", []):
+        m = re.search(r"created (\w+) memory pool at 0x([0-9a-f]+), size (\d+ \w+)", line)
+        if m:
+            base = int(m.group(2), 16)
+            hit = []  # the smallest /proc/iomem range holding the base
+            for entry in iomem:
+                r = re.match(r"([0-9a-f]+)-([0-9a-f]+) : (.*)", entry)
+                if r and int(r.group(1), 16) <= base <= int(r.group(2), 16):
+                    hit.append((int(r.group(2), 16) - int(r.group(1), 16), entry))
+            pools.append(f"{m.group(1)} pool at {base:#x}, {m.group(3)}"
+                         + (f"; iomem {min(hit)[1]}" if hit else ""))
+    return pools
+
+
 def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
     initrd = build / "initrd.img"
     with open(initrd, "wb") as out:
@@ -605,6 +624,7 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
     t0 = time.monotonic()
     results: dict[str, list[str]] = {"PASS": [], "FAIL": [], "SKIP": []}
     marks: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
     seed_out: list[str] = []
     in_seed = False
     panic = False
@@ -650,11 +670,12 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
                 if line.startswith(MARK):
                     word, _, rest = line[len(MARK):].strip().partition(" ")
                     marks[word] = rest
+                    notes.setdefault(word, []).append(rest)
                     if word == "seed-begin":
                         in_seed = True
                     elif word == "seed-end":
                         in_seed = False
-                    elif word in ("info", "warn") and not args.verbose:
+                    elif word == "warn" and not args.verbose:
                         print(f"  guest: {rest}", flush=True)
                     continue
                 if in_seed:
@@ -699,6 +720,8 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
         if "suite-end" in t:
             phases.append(f"target suite {t['suite-end'] - t['suite-begin']:.1f} s")
         print(f"  guest     {', '.join(phases)}")
+    for pool in reserved_pools(notes):
+        print(f"  reserved  {pool}")
     if "region" in marks or "regions" in marks:
         print(f"  regions   {marks.get('regions', '')}")
     if args.mode == "run":
