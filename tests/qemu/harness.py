@@ -766,7 +766,7 @@ def main() -> int:
                     help="show the whole guest console")
     args = ap.parse_args()
     t0 = time.monotonic()
-    build = Path(args.build_dir)
+    build = Path(args.build_dir).resolve()
     build.mkdir(parents=True, exist_ok=True)
     if args.mode == "udmabuf-ko":
         if not args.src:
