@@ -39,7 +39,7 @@ GUEST_PYTHON = "3.11"  # bookworm's python3; .pyc files are compiled on the host
 # Userland of the guest. The kernel comes from the linux-image-arm64 metapackage.
 GUEST_PACKAGES = ["busybox-static", "python3", "python3-numpy", "python3-pytest"]
 # Bump when the base stage's recipe changes in a way its inputs do not show.
-BASE_RECIPE = "3"
+BASE_RECIPE = "4"
 MARK = "@@PYNQ-QEMU"
 GUEST_TESTS = "/usr/share/pynq-alloc/tests/target"
 GUEST_SITE = "/usr/lib/python3/dist-packages"
@@ -62,7 +62,12 @@ PRUNE = [
     "usr/lib/aarch64-linux-gnu/perl-base", "usr/lib/aarch64-linux-gnu/gconv",
     "usr/lib/aarch64-linux-gnu/security", "usr/lib/aarch64-linux-gnu/audit",
     "var/lib/dpkg", "var/cache", "var/log", "etc/cron.daily",
+    # python3-numpy also ships its extension modules here; /usr/lib/python3/dist-packages
+    # comes first on sys.path and holds the same files.
+    "usr/lib/python3.11/dist-packages",
 ]
+# Pulled in by python3-minimal's dependency on dpkg; nothing in the guest runs them.
+UNPACK_SKIP = ("dpkg", "tar")
 
 
 def log(msg: str) -> None:
@@ -321,7 +326,8 @@ def compile_pyc(root: Path, dirs: list[str]) -> None:
 
 def build_base(build: Path, refresh: bool) -> Path:
     apt, sources = apt_for_base(build)
-    key_inputs = sha(BASE_RECIPE, sources, " ".join(GUEST_PACKAGES), json.dumps(PRUNE))
+    key_inputs = sha(BASE_RECIPE, sources, " ".join(GUEST_PACKAGES), json.dumps(PRUNE),
+                     json.dumps(UNPACK_SKIP))
     stamp = build / "base-inputs"
     base = build / "base"
     # The resolved versions are part of the key; apt lists are refreshed only when
@@ -349,6 +355,8 @@ def build_base(build: Path, refresh: bool) -> Path:
     kdir.mkdir()
     log(f"unpacking {len(debs)} packages (dpkg -x)")
     for deb in debs:
+        if deb.name.split("_")[0] in UNPACK_SKIP:
+            continue
         target = kdir if deb.name.startswith(kpkg + "_") else rootfs
         run(["dpkg-deb", "-x", str(deb), str(target)])
     # What dpkg's maintainer scripts would have done.
