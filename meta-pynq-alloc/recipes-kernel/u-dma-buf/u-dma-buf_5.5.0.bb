@@ -13,11 +13,10 @@ LICENSE = "BSD-2-Clause"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=bebf0492502927bef0741aa04d1f35f5"
 
 # Tag v5.5.0 (tag object 288f2f2281ebc95a7c8da9ca31d5be08e9aa0705)
-SRC_URI = "git://github.com/ikwzm/udmabuf.git;protocol=https;branch=master"
+# destsuffix=${BP}: the default S (${WORKDIR}/${BP} on scarthgap,
+# ${UNPACKDIR}/${BP} on wrynose) on both series.
+SRC_URI = "git://github.com/ikwzm/udmabuf.git;protocol=https;branch=master;destsuffix=${BP}"
 SRCREV = "15bcde3cb960321e99983e227aeacc5807888333"
-
-# Unpacked into UNPACKDIR on newer series, into WORKDIR on scarthgap.
-S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/git"
 
 inherit module
 
