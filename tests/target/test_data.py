@@ -6,6 +6,7 @@ region uncached and survives what numpy does to memory."""
 from __future__ import annotations
 
 import fcntl
+import os
 import struct
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from helpers import (
     DEV_ROOT,
     IOCTL_SET_SYNC_FOR_CPU,
     IOCTL_SET_SYNC_FOR_DEVICE,
+    SYSFS_CLASS,
     Window,
     decode_sync_command,
     last_json,
@@ -187,3 +189,37 @@ def test_uncached_writes_reach_memory_without_flush(region: Any) -> None:
             assert window.read_words() == data.tolist()
     finally:
         buf.freebuffer()
+
+
+REFUSAL_CHILD = """
+import json, sys
+import pynq_alloc
+try:
+    pynq_alloc.allocate(4096, "u1", target=sys.argv[1], cacheable=False)
+except pynq_alloc.PynqAllocError as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+else:
+    print(json.dumps({"error": None}))
+"""
+
+
+def test_cacheable_false_is_refused_where_it_would_map_device_memory(region: Any) -> None:
+    """sync_mode 1 + O_SYNC maps Device-nGnRnE memory, where numpy's unaligned
+    accesses and glibc's DC ZVA memset fault on arm: the package must say so
+    instead of handing numpy such memory. (Sets sync_mode to 1 for the test.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test changes the region's sync_mode")
+    saved = sysfs(region.name, "sync_mode")
+    mode_file = str(SYSFS_CLASS / region.name / "sync_mode")
+    try:
+        with open(mode_file, "w") as f:
+            f.write("1\n")
+        proc = subprocess.run([sys.executable, "-c", REFUSAL_CHILD, region.name],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        with open(mode_file, "w") as f:
+            f.write(saved + "\n")
+    assert proc.returncode == 0, f"child died ({proc.returncode}):\n{proc.stderr}"
+    got = last_json(proc.stdout)
+    assert got["error"] == "InvalidArgumentError", got
+    assert "sync-mode" in got["message"] or "sync_mode" in got["message"]
