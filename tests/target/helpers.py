@@ -8,9 +8,10 @@ import mmap
 import os
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 DT_ROOT = Path("/proc/device-tree")
 SYSFS_CLASS = Path(os.environ.get("PYNQ_ALLOC_SYSFS_ROOT", "/sys/class/u-dma-buf"))
@@ -149,6 +150,37 @@ def run_python(code: str, *, user: Optional[int] = None, group: Optional[int] = 
     child_env.update(env or {})
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout, env=child_env, **kw)
+
+
+def in_child(fn: Callable[..., dict], *args: Any) -> dict:
+    """fn(*args) in a forked child (numpy and the package already imported, so
+    no interpreter start-up); its dict comes back as JSON. A child killed by a
+    signal (SIGBUS on Device memory, SIGSEGV) fails the caller, not the suite.
+    The package gives a forked child its own region handles and mappings."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_end)
+        status = 0
+        try:
+            out = json.dumps(fn(*args))
+        except BaseException as exc:  # reported to the parent, which fails the test
+            out = json.dumps({"child_exception": f"{type(exc).__name__}: {exc}",
+                              "traceback": traceback.format_exc()})
+            status = 1
+        with os.fdopen(write_end, "w") as pipe:
+            pipe.write(out)
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise AssertionError(f"the child was killed by signal {os.WTERMSIG(status)}")
+    result = json.loads(data)
+    if "child_exception" in result:
+        raise AssertionError(f"in the child: {result['traceback']}")
+    return dict(result)
 
 
 def last_json(out: str) -> dict:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-import subprocess
-import sys
 from typing import Any, List, Tuple
 
 import numpy as np
@@ -22,7 +20,7 @@ from helpers import (
     SYSFS_CLASS,
     Window,
     decode_sync_command,
-    last_json,
+    in_child,
     reserved_pool,
     sysfs,
 )
@@ -127,44 +125,41 @@ def test_a_view_syncs_exactly_its_own_bytes(region: Any, sync_ioctls: List[Tuple
             assert sysfs(region.name, "sync_owner") == owner  # the driver did it
 
 
-UNCACHED_CHILD = """
-import json, os, sys
-import numpy as np
-import pynq_alloc
-name, dev_root = sys.argv[1], sys.argv[2]
-opens = []
-real_open = os.open
-def spy(path, flags, *a, **k):
-    opens.append((str(path), flags))
-    return real_open(path, flags, *a, **k)
-os.open = spy
-try:
-    buf = pynq_alloc.allocate(8192, "u1", target=name, cacheable=False)
-except pynq_alloc.InvalidArgumentError as exc:
-    print(json.dumps({"refused": str(exc)}))
-    sys.exit(0)
-os.open = real_open
-o_sync = [bool(f & os.O_SYNC) for p, f in opens if p == os.path.join(dev_root, name)]
-# What numpy and glibc do to memory: memset (DC ZVA), unaligned loads and stores.
-buf[:] = 0
-buf.fill(0x5A)
-unaligned = buf[1:1 + 4 * 1000].view("u4")
-total = int(unaligned.sum())
-np.copyto(buf[3:3 + 1000], np.arange(1000, dtype="u1"))
-unaligned[7] = 0x01020304
-print(json.dumps({"cacheable": buf.cacheable, "o_sync": o_sync, "total": total,
-                  "address": buf.device_address, "head": buf[:16].tolist()}))
-"""
+def map_uncached_and_use_like_numpy(name: str) -> dict:
+    """In a child: allocate with cacheable=False, watching how the device is
+    opened, then do to the memory what numpy and glibc do."""
+    opens: List[Tuple[str, int]] = []
+    real_open = os.open
+
+    def spy(path: Any, flags: int, *rest: Any, **kw: Any) -> int:
+        opens.append((str(path), flags))
+        return real_open(path, flags, *rest, **kw)
+
+    os.open = spy  # type: ignore[assignment]
+    try:
+        buf = pynq_alloc.allocate(8192, "u1", target=name, cacheable=False)
+    except pynq_alloc.InvalidArgumentError as exc:
+        return {"refused": str(exc)}
+    finally:
+        os.open = real_open  # type: ignore[assignment]
+    device = str(DEV_ROOT / name)
+    o_sync = [bool(flags & os.O_SYNC) for path, flags in opens if path == device]
+    # memset (glibc's DC ZVA), unaligned loads and stores, copies at odd offsets.
+    buf[:] = 0
+    buf.fill(0x5A)
+    unaligned = buf[1:1 + 4 * 1000].view("u4")
+    total = int(unaligned.sum())
+    np.copyto(buf[3:3 + 1000], np.arange(1000, dtype="u1"))
+    unaligned[7] = 0x01020304
+    return {"cacheable": buf.cacheable, "o_sync": o_sync, "total": total,
+            "head": buf[:16].tolist()}
 
 
 def test_cacheable_false_maps_uncached_and_survives_numpy(region: Any) -> None:
-    # A child process: its first uncached mapping is made in front of the spy,
-    # and a fault on Device memory (SIGBUS) fails this test instead of pytest.
-    proc = subprocess.run([sys.executable, "-c", UNCACHED_CHILD, region.name, str(DEV_ROOT)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"child died ({proc.returncode}):\n{proc.stderr}"
-    got = last_json(proc.stdout)
-    if region.sync_mode == 1 or "refused" in got:
+    # In a child: its own first uncached mapping is made in front of the spy, and
+    # a fault on Device memory (SIGBUS) fails this test instead of the suite.
+    got = in_child(map_uncached_and_use_like_numpy, region.name)
+    if "refused" in got:
         # sync_mode 1 + O_SYNC would be Device-nGnRnE memory: a clear refusal is right.
         assert region.sync_mode in (0, 1, 4, 5), got
         assert "sync" in got["refused"]
@@ -191,16 +186,12 @@ def test_uncached_writes_reach_memory_without_flush(region: Any) -> None:
         buf.freebuffer()
 
 
-REFUSAL_CHILD = """
-import json, sys
-import pynq_alloc
-try:
-    pynq_alloc.allocate(4096, "u1", target=sys.argv[1], cacheable=False)
-except pynq_alloc.PynqAllocError as exc:
-    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-else:
-    print(json.dumps({"error": None}))
-"""
+def allocate_uncached(name: str) -> dict:
+    try:
+        pynq_alloc.allocate(4096, "u1", target=name, cacheable=False)
+    except pynq_alloc.PynqAllocError as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+    return {"error": None}
 
 
 def test_cacheable_false_is_refused_where_it_would_map_device_memory(region: Any) -> None:
@@ -214,12 +205,9 @@ def test_cacheable_false_is_refused_where_it_would_map_device_memory(region: Any
     try:
         with open(mode_file, "w") as f:
             f.write("1\n")
-        proc = subprocess.run([sys.executable, "-c", REFUSAL_CHILD, region.name],
-                              capture_output=True, text=True, timeout=120)
+        got = in_child(allocate_uncached, region.name)  # a child maps afresh
     finally:
         with open(mode_file, "w") as f:
             f.write(saved + "\n")
-    assert proc.returncode == 0, f"child died ({proc.returncode}):\n{proc.stderr}"
-    got = last_json(proc.stdout)
     assert got["error"] == "InvalidArgumentError", got
     assert "sync-mode" in got["message"] or "sync_mode" in got["message"]

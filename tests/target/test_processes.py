@@ -30,10 +30,12 @@ print(json.dumps({"intact": bool((buf == mark).all())}), flush=True)
 
 
 def test_two_processes_get_disjoint_blocks(all_regions: List[Any]) -> None:
+    """A fresh process holds a block while this one allocates: no overlap, and
+    neither writes into the other's block."""
     region = all_regions[0]
     children = [subprocess.Popen([sys.executable, "-c", HOLDER, region.name, str(mark)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for mark in (0x11, 0x22)]
+                                 stderr=subprocess.PIPE, text=True) for mark in (0x11,)]
     try:
         spans: List[Tuple[int, int]] = []
         for child in children:
