@@ -625,7 +625,8 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
     cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", args.cpu, "-smp", str(args.smp),
            "-m", args.memory, "-nographic", "-nic", "none", "-no-reboot",
            "-kernel", str(base / "vmlinuz"), "-initrd", str(initrd), "-dtb", str(dtb),
-           "-append", "console=ttyAMA0 panic=-1 quiet loglevel=4 rdinit=/init"]
+           "-append", " ".join(["console=ttyAMA0 panic=-1 quiet loglevel=4 rdinit=/init",
+                                os.environ.get("QEMU_APPEND", "")]).strip()]
     log_path = build / "console.log"
     log(f"booting {args.cpu} -smp {args.smp} -m {args.memory} (timeout {args.timeout} s; "
         f"console in {log_path.relative_to(REPO) if log_path.is_relative_to(REPO) else log_path})")
@@ -753,7 +754,9 @@ def boot(build: Path, base: Path, overlay: Path, dtb: Path, args) -> int:
             old.unlink()
         print(f"  FAILED: {'; '.join(problems)}")
         print(f"  console log: {saved}")
-    print(f"qemu-target: {n_pass} passed, {n_fail} failed, {n_skip} skipped")
+    # A boot that went wrong (timeout, panic, no end marker) counts as one failure.
+    boot_failed = bool(problems) and not n_fail
+    print(f"qemu-target: {n_pass} passed, {n_fail + boot_failed} failed, {n_skip} skipped")
     return 1 if problems else 0
 
 
