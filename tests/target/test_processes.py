@@ -50,7 +50,7 @@ def test_two_processes_get_disjoint_blocks(all_regions: List[Any]) -> None:
             spans.append((mine.device_address, mine.device_address + mine.nbytes))
             spans.sort()
             for (_, a_end), (b_start, _) in zip(spans, spans[1:]):
-                assert a_end <= b_start, f"overlapping blocks: {[hex(s) for s in spans[0]]}"
+                assert a_end <= b_start, f"overlapping: {[(hex(s), hex(e)) for s, e in spans]}"
             for start, end in spans:
                 assert region.phys_addr <= start and end <= region.phys_addr + region.size
             for child in children:
