@@ -17,12 +17,13 @@ $(VENV)/np%/.stamp: $(PKG)/pyproject.toml tests/python/requirements.txt | deps
 	touch $@
 
 # (explicit rules: make skips pattern rules for .PHONY targets)
+# The stateful test runs 10,000 random sequences under numpy 2 and 1,000 under 1.26.
 HOST_PYTEST = @echo "== host tests, $$($(1)/bin/python -c 'import numpy; print("numpy", numpy.__version__)')" && \
-	$(1)/bin/python -m pytest -q -p no:cacheprovider tests/python
+	PYNQ_ALLOC_STATEFUL_EXAMPLES=$(2) $(1)/bin/python -m pytest -q -p no:cacheprovider tests/python
 test-python-np1: $(VENV)/np1/.stamp
-	$(call HOST_PYTEST,$(VENV)/np1)
+	$(call HOST_PYTEST,$(VENV)/np1,1000)
 test-python-np2: $(VENV)/np2/.stamp
-	$(call HOST_PYTEST,$(VENV)/np2)
+	$(call HOST_PYTEST,$(VENV)/np2,10000)
 
 test-python: test-python-np1 test-python-np2
 
@@ -32,6 +33,7 @@ lint: $(VENV)/np2/.stamp
 
 bench: $(VENV)/np2/.stamp
 	$(VENV)/np2/bin/python tests/bench/bench_allocate.py
+	$(VENV)/np2/bin/python tests/bench/soak.py
 
 # `make run` until the QEMU harness takes over: the seed example on the simulator.
 run-sim: $(VENV)/np2/.stamp
