@@ -55,3 +55,22 @@ def test_old_driver_without_ioctls_syncs_through_sysfs() -> None:
         buf = allocate(16, backend=sim.backend())
         buf.flush()
         assert [r.attr for r in sim.sync_requests()] == ["sync_for_device"]
+
+
+def test_regions_report_usage_of_every_process(sim: Simulator) -> None:
+    backend = sim.backend()
+    keep = allocate(5000, "u1", backend=backend)
+    region = regions(backend)[0]
+    assert (region.used, region.buffers) == (5056, 1)  # whole 64-byte lines
+    assert region.free == region.size - 5056 and region.largest_free <= region.free
+    assert allocate(4, target=region, backend=backend).region.name == "udmabuf0"
+    del keep
+
+
+def test_ledger_is_group_shared_whatever_the_umask(sim: Simulator) -> None:
+    old = os.umask(0o022)
+    try:
+        allocate(4, backend=sim.backend())
+    finally:
+        os.umask(old)
+    assert os.stat(os.path.join(sim.run_dir, "udmabuf0.ledger")).st_mode & 0o777 == 0o660

@@ -56,7 +56,7 @@ class BufferMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.sim = shared_simulator()
-        self.backend = self.sim.backend()
+        self.backend = self.sim.backend()  # shares the process's one handle per region
         self.allocations: List[Allocation] = []
         self.views: List[Tuple[Buffer, Allocation, Any]] = []
         self.counter = 0

@@ -13,7 +13,7 @@ from typing import Any, List, Union
 
 from .allocate import allocate
 from .backends import get_backend
-from .backends.udmabuf import RegionInfo, UdmabufBackend
+from .backends.udmabuf import Region, RegionInfo, UdmabufBackend
 from .buffer import Buffer
 from .errors import (
     BufferFreedError,
@@ -44,6 +44,7 @@ __all__ = [
     "LedgerError",
     "OutOfMemoryError",
     "PynqAllocError",
+    "Region",
     "RegionInfo",
     "RegionNotFoundError",
     "SyncError",
@@ -53,6 +54,13 @@ __all__ = [
 ]
 
 
-def regions(backend: Union[str, UdmabufBackend, Any, None] = None) -> List[RegionInfo]:
-    """Every memory region the backend offers (``udmabuf0`` first)."""
-    return get_backend(backend).regions()
+def regions(backend: Union[str, UdmabufBackend, Any, None] = None) -> List[Region]:
+    """Every memory region the backend offers (``udmabuf0`` first), with its usage by all
+    the processes that share it (``used``, ``free``, ``largest_free``, ``buffers``)."""
+    found = get_backend(backend)
+    result = []
+    for info in found.regions():
+        stats = found.handle(info).ledger.stats()
+        result.append(Region(**vars(info), used=stats.used, free=stats.free,
+                             largest_free=stats.largest_free, buffers=stats.blocks))
+    return result

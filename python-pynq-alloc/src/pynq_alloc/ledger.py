@@ -115,14 +115,15 @@ class Ledger:
         except OSError as exc:
             what = f"cannot open the ledger of region {region.name}"
             raise device_error(exc, what, path) from exc
-        if gid is not None:
-            try:  # let every member of the device's group share the ledger
-                st = os.fstat(fd)
-                if st.st_uid == os.geteuid() and st.st_gid != gid:
+        try:  # let every member of the device's group share the ledger
+            st = os.fstat(fd)
+            if st.st_uid == os.geteuid():
+                if gid is not None and st.st_gid != gid:
                     os.fchown(fd, -1, gid)
-                    os.fchmod(fd, 0o660)
-            except OSError:
-                pass
+                if st.st_mode & 0o777 != 0o660:
+                    os.fchmod(fd, 0o660)  # open()'s mode went through the umask (0640)
+        except OSError:
+            pass
         pool = Pool(region.size, region.phys_addr)
         ledger = cls(path, fd, pool, region.name)
         with ledger._locked(catch_up=False):

@@ -168,9 +168,11 @@ class Simulator:
         self._thread.start()
 
     def _reader(self) -> None:
-        fds = [*self._fifos, self._stop_r]
+        poller = select.poll()  # not select(): descriptors may be numbered past 1023
+        for fd in [*self._fifos, self._stop_r]:
+            poller.register(fd, select.POLLIN)
         while True:
-            ready, _, _ = select.select(fds, [], [])
+            ready = [fd for fd, _ in poller.poll()]
             if self._stop_r in ready:
                 return
             with self._lock:

@@ -91,6 +91,16 @@ class RegionInfo:
         return self.phys_addr + self.size
 
 
+@dataclass(frozen=True)
+class Region(RegionInfo):
+    """A region with its pool usage (bytes) at the moment :func:`pynq_alloc.regions` ran."""
+
+    used: int = 0
+    free: int = 0
+    largest_free: int = 0
+    buffers: int = 0
+
+
 def _read_attr(directory: str, attr: str) -> str:
     path = os.path.join(directory, attr)
     try:
@@ -440,20 +450,31 @@ class UdmabufBackend:
         return found
 
     def handle(self, region: RegionInfo) -> RegionHandle:
-        """This process's handle of ``region`` (made once; a forked child makes its own)."""
+        """This process's handle of ``region``: one per device in the process, whichever
+        backend object asks (so a region is mapped once); a forked child makes its own."""
         found = self._handles.get(region.name)
         if found is not None and found.pid == current_pid() and found.region is region:
             return found
-        with self._lock:
-            found = self._handles.get(region.name)
-            if found is None or found.pid != current_pid() or found.region is not region:
+        key = (region.sysfs_dir, region.device_path, self.run_dir)
+        with _process_handles_lock:
+            found = _process_handles.get(key)
+            if found is None or found.pid != current_pid() or found.region != region:
                 found = RegionHandle(self, region)
-                self._handles[region.name] = found
+                _process_handles[key] = found
+            self._handles[region.name] = found
         return found
 
     def close(self) -> None:
-        """Close every handle of this process (refused while buffers are alive)."""
-        for name, handle in list(self._handles.items()):
-            if handle.pid == current_pid():
-                handle.close()
-            del self._handles[name]
+        """Close this process's handles of these regions (refused while buffers live)."""
+        with _process_handles_lock:
+            for name, handle in list(self._handles.items()):
+                if handle.pid == current_pid():
+                    handle.close()
+                    for key, shared in list(_process_handles.items()):
+                        if shared is handle:
+                            del _process_handles[key]
+                del self._handles[name]
+
+
+_process_handles_lock = threading.Lock()
+_process_handles: Dict[Tuple[str, str, str], RegionHandle] = {}
