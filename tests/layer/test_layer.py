@@ -281,19 +281,27 @@ STDLIB_PACKAGES = {"fcntl": "python3-fcntl", "json": "python3-json", "mmap": "py
 
 
 def manifest_packages(mods: Set[str]) -> Dict[str, str] | None:
+    """module -> python3-* package from OE-Core's python3-manifest.json. A module
+    listed in python3-core and in a package of its own (wrynose moved fcntl's .so
+    into core too) maps to its own package, which exists on both series."""
     base = os.environ.get("OE_CORE_DIR") or os.environ.get("POKY_DIR")
     if not base:
         return None
     path = Path(base) / "meta/recipes-devtools/python/python3/python3-manifest.json"
     data = json.loads("".join(line for line in path.read_text().splitlines(keepends=True)
                               if not line.lstrip().startswith("#")))
-    found: Dict[str, str] = {}
+    owners: Dict[str, Set[str]] = {}
     for pkg, entry in data.items():
         for f in entry.get("files", []):
             base_name = f.rstrip("/").split("/")[-1]
             for mod in mods:
-                if base_name in (mod, mod + ".py") or base_name.startswith(mod + ".cpython"):
-                    found.setdefault(mod, "python3-" + pkg)
+                if base_name in (mod, mod + ".py") or base_name.startswith(
+                        (mod + ".cpython", mod + ".*")):
+                    owners.setdefault(mod, set()).add(pkg)
+    found: Dict[str, str] = {}
+    for mod, pkgs in owners.items():
+        own = sorted(pkgs - {"core"})
+        found[mod] = "python3-" + (mod if mod in own else own[0] if own else "core")
     return found
 
 
@@ -389,3 +397,15 @@ def test_kas_zynqmp_file_uses_scarthgap_with_meta_xilinx_and_meta_arm():
     assert cfg["defaults"]["repos"]["branch"] == "scarthgap"
     assert "meta-xilinx-core" in cfg["repos"]["meta-xilinx"]["layers"]
     assert {"meta-arm", "meta-arm-toolchain"} <= set(cfg["repos"]["meta-arm"]["layers"])
+
+
+# --- oeqa (testimage) ---------------------------------------------------------------
+
+def test_oeqa_case_compiles_and_is_in_the_ptest_images_test_suites():
+    case = LAYER / "lib/oeqa/runtime/cases/pynq_alloc.py"
+    compile(case.read_text(), str(case), "exec")
+    assert re.search(r"^addpylib \$\{LAYERDIR\}/lib oeqa$",
+                     (LAYER / "conf/layer.conf").read_text(), re.MULTILINE)
+    suites = assignments((LAYER / "recipes-core/images/pynq-alloc-image-ptest.bb")
+                         .read_text())["TEST_SUITES"].split()
+    assert case.stem in suites
