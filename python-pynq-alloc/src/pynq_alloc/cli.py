@@ -11,33 +11,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, regions
 from .allocate import allocate
 from .backends import BACKEND_NAMES, get_backend
 from .backends.udmabuf import RegionInfo, UdmabufBackend
 from .errors import PynqAllocError
 
-
-def region_report(backend: UdmabufBackend, region: RegionInfo) -> Dict[str, Any]:
-    stats = backend.handle(region).ledger.stats()
-    return {
-        "name": region.name,
-        "phys_addr": region.phys_addr,
-        "size": region.size,
-        "coherent": region.coherent,
-        "sync_mode": region.sync_mode,
-        "driver_version": region.driver_version,
-        "ioctl_version": region.ioctl_version,
-        "device": region.device_path,
-        "used": stats.used,
-        "free": stats.free,
-        "largest_free": stats.largest_free,
-        "buffers": stats.blocks,
-    }
+_INFO_FIELDS = ("name", "phys_addr", "size", "coherent", "sync_mode", "driver_version",
+                "ioctl_version", "device_path", "used", "free", "largest_free", "buffers")
 
 
 def cmd_info(backend: UdmabufBackend, as_json: bool) -> int:
-    reports = [region_report(backend, r) for r in backend.regions()]
+    reports = [{f: getattr(r, f) for f in _INFO_FIELDS} for r in regions(backend)]
     if as_json:
         print(json.dumps({"backend": backend.name, "sysfs_root": backend.sysfs_root,
                           "regions": reports}, indent=2))

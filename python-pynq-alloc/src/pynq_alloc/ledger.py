@@ -362,13 +362,7 @@ class Ledger:
         outermost = self._acquire()  # the hot path: no context-manager overhead
         try:
             self.reclaim_dead()
-            align = max(align, self.pool.granule)
-            size = self.pool.round_size(size)
-            spot = self.pool.find(size, align)
-            if spot is None:
-                raise self.pool.out_of_memory(size, align)
-            free_start, offset = spot
-            self.pool.carve(free_start, offset, size)
+            offset, size, free_start = self.pool.take(size, align)
             self._owner[offset] = self.slot
             self._blocks_of.setdefault(self.slot, set()).add(offset)
             self._append(_OP_ALLOC, self.slot, offset, size, free_start)

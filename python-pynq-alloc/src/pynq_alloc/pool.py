@@ -163,15 +163,23 @@ class Pool:
                 return free_start, offset
         return None
 
-    def allocate(self, size: int, align: int) -> int:
-        """Allocate ``size`` bytes (rounded up to the granule) at ``align``; return the offset."""
+    def take(self, size: int, align: int) -> Tuple[int, int, int]:
+        """Allocate ``size`` bytes (rounded up to whole granules) at ``align``.
+
+        Returns (offset, size taken, start of the free block it was carved from): the
+        last is what the ledger records, so that other processes replay the same carve.
+        """
         align = max(align, self.granule)
         size = self.round_size(size)
         spot = self.find(size, align)
         if spot is None:
             raise self.out_of_memory(size, align)
         self.carve(spot[0], spot[1], size)
-        return spot[1]
+        return spot[1], size, spot[0]
+
+    def allocate(self, size: int, align: int) -> int:
+        """Allocate ``size`` bytes at ``align``; return the offset."""
+        return self.take(size, align)[0]
 
     def out_of_memory(self, size: int, align: int) -> OutOfMemoryError:
         stats = self.stats()

@@ -15,7 +15,7 @@ import re
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +36,9 @@ DEFAULT_RUN_DIR = "/run/pynq-alloc"
 
 #: Driver majors whose sysfs/ioctl interface this module implements.
 SUPPORTED_DRIVER_MAJORS = (3, 4, 5)
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
 
 # ioctls on /dev/<name> (u-dma-buf-ioctl.h, magic 'U').
 U_DMA_BUF_IOCTL_SET_SYNC_FOR_CPU = 0x40085505
@@ -222,7 +225,7 @@ class RegionHandle:
         self._mappings: Dict[bool, Tuple[int, mmap.mmap, str, int]] = {}
         self._sync_fds: Dict[int, int] = {}
         self._use_ioctl = region.ioctl_version >= 2
-        self._ledger: Optional[object] = None
+        self._ledger: Optional[Ledger] = None
         #: number of sync system calls issued (the benchmark and tests read it)
         self.sync_calls = 0
         #: blocks of this region alive in this process (Block keeps it up to date)
@@ -347,13 +350,14 @@ class RegionHandle:
     # -- ownership -------------------------------------------------------------
     @property
     def ledger(self) -> Ledger:
+        """The region's cross-process ledger, opened on first use."""
         if self._ledger is None:
             with self._lock:
                 if self._ledger is None:
-                    from ..ledger import Ledger
+                    from ..ledger import Ledger  # ledger imports this module
 
                     self._ledger = Ledger.open(self)
-        return self._ledger  # type: ignore[return-value]
+        return self._ledger
 
     def close(self) -> None:
         """Unmap and close everything; refuses (BufferError) while buffers use a mapping."""
@@ -371,12 +375,8 @@ class RegionHandle:
             os.close(fd)
         self._sync_fds.clear()
         if self._ledger is not None:
-            self._ledger.close()  # type: ignore[attr-defined]
+            self._ledger.close()
             self._ledger = None
-
-
-if False:  # pragma: no cover - typing only, avoids an import cycle at run time
-    from ..ledger import Ledger
 
 
 class UdmabufBackend:
