@@ -3,9 +3,10 @@ OE-Core checkout: POKY_DIR=<poky>, or OE_CORE_DIR=<openembedded-core> and
 BITBAKE_DIR=<bitbake>. Without them these tests skip (make test has no network
 and no checkout). bitbake refuses root: as root set BITBAKE_USER=<user>.
 MACHINE is qemuarm64 unless BITBAKE_MACHINE says otherwise. The build directory
-is build/layer/bitbake/ (git-ignored); nothing is fetched (BB_NO_NETWORK)."""
+is build/layer/bitbake-<checkout>/ (git-ignored); nothing is fetched (BB_NO_NETWORK)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -14,8 +15,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_BITBAKE = Path(__file__).resolve().parent / "run-bitbake"
-BUILDDIR = REPO / "build" / "layer" / "bitbake"
-OUR_RECIPES = {"pynq-alloc-image", "python3-pynq-alloc", "u-dma-buf", "u-dma-buf-udev-rules"}
+CHECKOUT = os.environ.get("POKY_DIR") or os.environ.get("OE_CORE_DIR") or ""
+# one build directory per checkout (series), e.g. build/layer/bitbake-poky-1a2b3c4d
+BUILDDIR = REPO / "build" / "layer" / "bitbake-{}-{}".format(
+    Path(CHECKOUT).name, hashlib.md5(CHECKOUT.encode()).hexdigest()[:8])
+OUR_RECIPES = {"python3-pynq-alloc", "u-dma-buf", "u-dma-buf-udev-rules"}
 
 HAVE_CHECKOUT = bool(os.environ.get("POKY_DIR")
                      or (os.environ.get("OE_CORE_DIR") and os.environ.get("BITBAKE_DIR")))
