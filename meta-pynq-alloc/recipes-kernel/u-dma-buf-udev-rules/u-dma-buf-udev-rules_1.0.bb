@@ -5,7 +5,8 @@ SUMMARY = "udev rule giving the u-dma-buf devices to group dma"
 DESCRIPTION = "Without this rule /dev/udmabufN is 0600 root and the sysfs \
                sync files are root-only. The rule hands /dev/udmabuf* and the \
                writable sync_* files of /sys/class/u-dma-buf/* to group dma \
-               with mode 0660, so that members of dma can allocate and sync \
+               with mode 0660, and makes /run/pynq-alloc (the allocator ledger \
+               directory, setgid dma), so that members of dma can allocate and sync \
                buffers without root."
 HOMEPAGE = "https://github.com/ikwzm/udmabuf"
 BUGTRACKER = "https://github.com/ikwzm/udmabuf/issues"
