@@ -117,8 +117,7 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
 
     def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         """Like ``ndarray.astype``; the result is a plain ``ndarray`` in new memory."""
-        result = self.view(np.ndarray).astype(dtype, *args, **kwargs)
-        return result if result is not self else self.view(np.ndarray)
+        return self.view(np.ndarray).astype(dtype, *args, **kwargs)
 
     def flatten(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         """A flattened plain ``ndarray`` copy."""
