@@ -12,6 +12,15 @@ APT_PACKAGES :=
 TEST_TARGETS :=
 RUN_TARGET := run-sim
 
+# $(call tool-venv,DIR,REQUIREMENTS): recipe of DIR/.stamp, a venv holding an area's
+# pinned tools (the rule depends on REQUIREMENTS, so it is remade when they change).
+define tool-venv
+rm -rf $(1)
+$(PYTHON) -m venv $(1)
+$(1)/bin/pip install -q -r $(2)
+touch $(1)/.stamp
+endef
+
 include $(sort $(wildcard mk/*.mk))
 
 .PHONY: help deps test run

@@ -14,10 +14,7 @@ DT_BUILD := $(BUILD)/devicetree
 
 # Remade when the pinned tool list changes.
 $(DT_VENV)/.stamp: tests/devicetree/requirements.txt | deps
-	rm -rf $(DT_VENV)
-	$(PYTHON) -m venv $(DT_VENV)
-	$(DT_VENV)/bin/pip install -q -r tests/devicetree/requirements.txt
-	touch $@
+	$(call tool-venv,$(DT_VENV),$<)
 
 # pytest exits 5 when it collected no test: make fails on it like on any other failure.
 test-devicetree: deps $(DT_VENV)/.stamp

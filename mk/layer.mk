@@ -13,10 +13,7 @@ LAYER_VENV := $(VENV)/layer
 
 # Remade when the pinned tool list changes.
 $(LAYER_VENV)/.stamp: tests/layer/requirements.txt | deps
-	rm -rf $(LAYER_VENV)
-	$(PYTHON) -m venv $(LAYER_VENV)
-	$(LAYER_VENV)/bin/pip install -q -r tests/layer/requirements.txt
-	touch $@
+	$(call tool-venv,$(LAYER_VENV),$<)
 
 # pytest exits 5 when it collected no test: make fails on it like on any other failure.
 test-layer: deps $(LAYER_VENV)/.stamp
