@@ -55,6 +55,9 @@ _MAX_SYNC_OFFSET = 1 << 32
 
 _PHYS_ADDR = re.compile(r"0x[0-9a-fA-F]{1,16}")
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+_DECIMAL = re.compile(r"\d+")
+_FLAG = re.compile(r"[01]")
+_SYNC_MODE = re.compile(r"[0-7]")
 
 
 class MappingKind:
@@ -136,6 +139,11 @@ def _parse_int(directory: str, attr: str, base: int, pattern: Optional[re.Patter
         ) from None
 
 
+def read_sync_mode(sysfs_dir: str) -> int:
+    """The node's current ``sync_mode`` (0..7; writable at run time by root)."""
+    return _parse_int(sysfs_dir, "sync_mode", 10, _SYNC_MODE)
+
+
 def read_region(sysfs_dir: str, dev_root: str) -> RegionInfo:
     """Parse one ``/sys/class/u-dma-buf/<name>`` directory, refusing anything unexpected."""
     name = os.path.basename(sysfs_dir.rstrip("/"))
@@ -152,16 +160,16 @@ def read_region(sysfs_dir: str, dev_root: str) -> RegionInfo:
             path,
         )
     phys = _parse_int(sysfs_dir, "phys_addr", 16, _PHYS_ADDR)
-    size = _parse_int(sysfs_dir, "size", 10, re.compile(r"\d+"))
+    size = _parse_int(sysfs_dir, "size", 10, _DECIMAL)
     if size <= 0:
         path = os.path.join(sysfs_dir, "size")
         raise DriverInterfaceError(
             f"{path} says the region is {size} bytes: the node reserves no memory; give it a "
             f"'size' in the device tree (or the udmabufN= module parameter)", errno.EINVAL, path)
-    coherent = _parse_int(sysfs_dir, "dma_coherent", 10, re.compile(r"[01]"), optional=True)
-    sync_mode = _parse_int(sysfs_dir, "sync_mode", 10, re.compile(r"[0-7]"))
-    quirk = _parse_int(sysfs_dir, "quirk_mmap_mode", 10, re.compile(r"\d+"), optional=True)
-    ioctl_version = _parse_int(sysfs_dir, "ioctl_version", 10, re.compile(r"\d+"), optional=True)
+    coherent = _parse_int(sysfs_dir, "dma_coherent", 10, _FLAG, optional=True)
+    sync_mode = read_sync_mode(sysfs_dir)
+    quirk = _parse_int(sysfs_dir, "quirk_mmap_mode", 10, _DECIMAL, optional=True)
+    ioctl_version = _parse_int(sysfs_dir, "ioctl_version", 10, _DECIMAL, optional=True)
     return RegionInfo(
         name=name,
         size=size,
@@ -246,7 +254,7 @@ class RegionHandle:
     def _map(self, cacheable: bool) -> Tuple[int, mmap.mmap, str, int]:
         region = self.region
         # sync_mode is writable at run time and fixes the caching at mmap time: re-read it.
-        sync_mode = _parse_int(region.sysfs_dir, "sync_mode", 10, re.compile(r"[0-7]"))
+        sync_mode = read_sync_mode(region.sysfs_dir)
         kind = mapping_kind(sync_mode, o_sync=not cacheable)
         mode_path = os.path.join(region.sysfs_dir, "sync_mode")
         if kind == MappingKind.DEVICE:
