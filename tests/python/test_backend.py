@@ -52,7 +52,8 @@ def test_permission_errors_map_to_our_hierarchy() -> None:
 def test_old_driver_without_ioctls_syncs_through_sysfs() -> None:
     with Simulator([SimRegion(driver_version="4.2.0", ioctl_version=0)],
                    record_syncs=True) as sim:
-        buf = allocate(16, backend=sim.backend())
+        buf = allocate(16, backend=sim.backend(), cacheable=True)
+        sim.clear_sync_requests()
         buf.flush()
         assert [r.attr for r in sim.sync_requests()] == ["sync_for_device"]
 

@@ -90,6 +90,7 @@ class BufferMachine(RuleBasedStateMachine):
             return
         if align:
             assert buf.device_address % align == 0
+        assert not buf.any(), "a fresh buffer holds an earlier buffer's data"
         self.counter += 1
         buf[...] = self.counter % 100
         self.allocations.append(Allocation(buf))
@@ -139,11 +140,11 @@ class BufferMachine(RuleBasedStateMachine):
         owner = self.pick(data, self.live())
         views = [v for v in self.views if v[1] is owner]
         if through_view and views:
-            views[0][0].freebuffer()  # that view is emptied: it no longer holds the block
-            self.views = [v for v in self.views if v[0] is not views[0][0]]
-        else:
-            assert owner.buf is not None
-            owner.buf.freebuffer()
+            views[0][0].freebuffer()  # PYNQ's rule: a view's freebuffer() frees nothing
+            assert owner.buf is not None and not owner.buf.freed and not views[0][0].freed
+            return
+        assert owner.buf is not None
+        owner.buf.freebuffer()
         owner.freed = True
         if owner.buf is not None:
             assert owner.buf.freed
@@ -155,6 +156,8 @@ class BufferMachine(RuleBasedStateMachine):
         part = self.pick(data, [v for v in self.views if v[1].freed])[0]
         with pytest.raises(BufferFreedError):
             part.flush()
+        with pytest.raises(BufferFreedError):
+            part[0]
 
     @precondition(lambda self: self.views)
     @rule(data=st.data())

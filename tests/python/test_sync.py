@@ -30,7 +30,7 @@ def test_encoding_matches_the_driver_documentation() -> None:
 
 def test_flush_syncs_the_buffer_rounded_to_cache_lines(sim: Simulator,
                                                        backend: UdmabufBackend) -> None:
-    buf = allocate(10, "u4", backend=backend)  # 40 bytes
+    buf = allocate(10, "u4", backend=backend, cacheable=True)  # 40 bytes
     sim.clear_sync_requests()
     buf.flush()
     buf.invalidate()
@@ -40,7 +40,7 @@ def test_flush_syncs_the_buffer_rounded_to_cache_lines(sim: Simulator,
 
 
 def test_a_view_flushes_only_its_own_span(sim: Simulator, backend: UdmabufBackend) -> None:
-    buf = allocate(4096, "u1", backend=backend)
+    buf = allocate(4096, "u1", backend=backend, cacheable=True)
     base = buf.device_address - BASE
     sim.clear_sync_requests()
     buf[1000:1100].flush()
@@ -52,7 +52,7 @@ def test_a_view_flushes_only_its_own_span(sim: Simulator, backend: UdmabufBacken
 
 
 def test_never_syncs_the_whole_region(sim: Simulator, backend: UdmabufBackend) -> None:
-    bufs = [allocate(n, "u1", backend=backend) for n in (1, 100, 5000, 1 << 20)]
+    bufs = [allocate(n, "u1", backend=backend, cacheable=True) for n in (1, 100, 5000, 1 << 20)]
     sim.clear_sync_requests()
     for buf in bufs:
         buf.flush()
@@ -63,7 +63,7 @@ def test_never_syncs_the_whole_region(sim: Simulator, backend: UdmabufBackend) -
 
 
 def test_one_system_call_per_flush(backend: UdmabufBackend) -> None:
-    buf = allocate(1 << 20, "u1", backend=backend)
+    buf = allocate(1 << 20, "u1", backend=backend, cacheable=True)
     handle = backend.handle(buf.region)
     buf.flush()
     before = handle.sync_calls

@@ -14,7 +14,7 @@ from typing import Any, List, Union
 from .allocate import allocate
 from .backends import get_backend
 from .backends.udmabuf import Region, RegionInfo, UdmabufBackend
-from .buffer import Buffer
+from .buffer import Buffer, FramePointer
 from .errors import (
     BufferFreedError,
     DeviceError,
@@ -39,6 +39,7 @@ __all__ = [
     "DevicePermissionError",
     "DriverInterfaceError",
     "DriverNotFoundError",
+    "FramePointer",
     "InvalidArgumentError",
     "InvalidTypeError",
     "LedgerError",

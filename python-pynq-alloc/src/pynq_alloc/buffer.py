@@ -6,19 +6,28 @@ buffer (slices, reshapes, ``view('u1')``...) the same block, so it knows its own
 physical address; ``__array_wrap__`` and the copying methods return plain
 ``ndarray`` for results that live in new memory (``b + 1``, ``b.copy()``).
 
-Lifetime: ``freebuffer()``/``close()`` free the whole allocation, whichever of
-its arrays they are called on. The array they are called on is emptied at once
-(shape ``(0,)``); the block goes back to the pool when no array refers to it
-any more: at once when there are no views, otherwise when the last view is
-garbage collected (the release is *deferred*, never refused). Meanwhile the
-memory stays mapped and reserved, so a surviving view can never fault nor see
-another buffer's data, and every pynq_alloc call on it (``device_address``,
-``flush``...) raises :class:`~pynq_alloc.errors.BufferFreedError`.
+Lifetime, as PYNQ code relies on it: ``freebuffer()``/``close()``/leaving a
+``with`` block free the allocation when called on the array that
+:func:`~pynq_alloc.allocate` returned, and do nothing when called on a view of
+it. The freed array is emptied at once; the block goes back to the pool when no
+array refers to it any more: at once when there are no views, otherwise when
+the last view is garbage collected (the release is *deferred*, never refused).
+Meanwhile the memory stays mapped and reserved, so a surviving view can never
+fault nor see another buffer's data, and every access through a freed array or
+its views (``b[0]``, ``device_address``, ``flush``...) raises
+:class:`~pynq_alloc.errors.BufferFreedError`.
+
+A buffer allocated with ``cache=`` follows PYNQ's frame-cache protocol:
+``freebuffer()`` (or garbage collection) hands its :class:`FramePointer` to
+``cache.return_pointer()`` instead of freeing, and ``allocate(pointer=...)``
+makes a new buffer over the same block.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Tuple
+import ctypes
+import weakref
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 import numpy as np
 
@@ -52,6 +61,26 @@ class Block:
         self.owner_pid = current_pid()
         handle.live_blocks += 1
 
+    def zero_fill(self) -> None:
+        """Make the whole block read as zeros, to the CPU and to a device."""
+        handle, coherent = self.handle, self.handle.region.coherent
+        if not coherent and not self.cacheable:
+            # An earlier cached buffer over these bytes (of any process) may have left
+            # dirty lines in the CPU cache; evicted later, they would overwrite the zeros
+            # (or a device's data) in memory. Drop them before writing around the cache.
+            handle.sync(self.offset, self.size, FROM_DEVICE)
+        ctypes.memset(self.virt, 0, self.size)
+        if not coherent and self.cacheable:
+            handle.sync(self.offset, self.size, TO_DEVICE)  # the zeros reach memory
+
+    def handover(self) -> Block:
+        """A new block owning this one's memory (frame recycling); this one, already
+        freed, stays freed for the arrays that still refer to it and frees nothing."""
+        new = Block(self.handle, self.offset, self.size, self.virt, self.kind)
+        new.owner_pid = self.owner_pid
+        self.owner_pid = -1
+        return new
+
     def __del__(self) -> None:
         try:
             self.handle.live_blocks -= 1
@@ -63,6 +92,36 @@ class Block:
 
 class _FreedMarker:
     """Stands in for the block of an array that freebuffer() emptied."""
+
+    freed = True
+
+
+class FramePointer:
+    """A freed buffer's block, kept for reuse: what PYNQ's frame caches hold.
+
+    ``freebuffer()`` of a buffer allocated with ``cache=`` hands one to
+    ``cache.return_pointer()``; ``allocate(..., pointer=p)`` builds a new buffer
+    over its block (once). A pointer dropped by the cache frees the block.
+    """
+
+    __slots__ = ("__weakref__", "block")
+
+    def __init__(self, block: Block) -> None:
+        self.block: Optional[Block] = block
+
+    def __repr__(self) -> str:
+        block = self.block
+        where = f"{block.phys:#x}, {block.size} bytes" if block is not None else "used"
+        return f"FramePointer({where})"
+
+
+def _return_frame(pointer: FramePointer, cache: Any) -> None:
+    """A frame-cache buffer was garbage collected: hand its block to the cache, as
+    PYNQ's ``__del__`` does."""
+    block = pointer.block
+    if block is not None:
+        block.freed = True
+        cache.return_pointer(pointer)
 
 
 _FREED = _FreedMarker()
@@ -78,6 +137,12 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
     """
 
     _block: Any = None
+    _owns = False  # True only on the array allocate() returned (views share, never own)
+    _finalizer: Optional[weakref.finalize[Any, Any]] = None
+    #: PYNQ's frame-cache protocol (``allocate(..., cache=...)``): the block's
+    #: :class:`FramePointer` and the cache that ``freebuffer()`` hands it to.
+    pointer: Optional[FramePointer] = None
+    return_to: Any = None
 
     @classmethod
     def _from_block(cls, block: Block, mapping: Any, shape: Tuple[int, ...],
@@ -85,7 +150,15 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         self: Buffer = np.ndarray.__new__(cls, shape, dtype=dtype, buffer=mapping,
                                           offset=block.offset)
         self._block = block
+        self._owns = True
         return self
+
+    def _attach_cache(self, cache: Any) -> None:
+        self.pointer = pointer = FramePointer(self._block)
+        self.return_to = cache
+        finalizer = weakref.finalize(self, _return_frame, pointer, cache)
+        finalizer.atexit = False
+        self._finalizer = finalizer
 
     def __array_finalize__(self, obj: Any) -> None:
         block = getattr(obj, "_block", None)
@@ -97,6 +170,8 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
     def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
         # A ufunc result written into a buffer (out=, +=) stays that buffer; anything
         # else lives in new memory and must not claim a device address.
+        if self._block is not None and self._block.freed:
+            raise self._freed_error()
         if isinstance(arr, Buffer) and isinstance(arr._block, Block):
             return arr
         result = arr.view(np.ndarray)
@@ -106,10 +181,17 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
 
     # -- results in new memory are plain ndarrays --------------------------------------
     def __getitem__(self, index: Any) -> Any:
+        if self._block is not None and self._block.freed:
+            raise self._freed_error()
         result = super().__getitem__(index)
         if type(result) is Buffer and result._block is None:
             return result.view(np.ndarray)  # fancy indexing copies: no device address
         return result
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if self._block is not None and self._block.freed:
+            raise self._freed_error()
+        super().__setitem__(index, value)
 
     def copy(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         """A plain ``ndarray`` copy (no device address)."""
@@ -136,15 +218,19 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         return self.view(np.ndarray).__reduce_ex__(protocol)
 
     # -- the block behind this array -----------------------------------------------------
+    @staticmethod
+    def _freed_error() -> BufferFreedError:
+        return BufferFreedError(
+            "this buffer was freed (freebuffer()/close() on it or on the buffer it views): its "
+            "memory may no longer be read, written or handed to a device. Allocate a new "
+            "buffer, or keep the buffer until you are done with it and its views.")
+
     def _live_block(self) -> Block:
         block = self._block
         if isinstance(block, Block) and not block.freed:
             return block
         if block is _FREED or isinstance(block, Block):
-            raise BufferFreedError(
-                "this buffer was freed (freebuffer()/close() on it or on the buffer it views); "
-                "its memory may no longer be handed to a device. Allocate a new buffer."
-            )
+            raise self._freed_error()
         raise InvalidArgumentError(
             "this array is not in DMA memory (it is a copy, or was made by "
             "np.ndarray.__new__): allocate it with pynq_alloc.allocate()"
@@ -237,13 +323,19 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
 
     # -- lifetime ------------------------------------------------------------------------------
     def freebuffer(self) -> None:
-        """Free the allocation; idempotent. See the module docstring for views."""
+        """Free the allocation; idempotent. On a view, nothing happens (as in PYNQ): only
+        the array allocate() returned frees it. With ``cache=``, the block goes to
+        ``cache.return_pointer()`` instead. See the module docstring."""
         block = self._block
         if block is _FREED:
             return
         if not isinstance(block, Block):
             raise InvalidArgumentError(
                 "this array is not in DMA memory (a copy): there is nothing to free")
+        if not self._owns:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
         block.freed = True
         self._block = _FREED
         # Detach this array from the memory (numpy's own pickling entry point, used
@@ -251,6 +343,10 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         # after the block has gone back to the pool.
         state: Any = (1, (0,), self.dtype, False, b"")
         np.ndarray.__setstate__(self, state)
+        pointer, cache = self.pointer, self.return_to
+        if pointer is not None and cache is not None:
+            self.pointer = None  # PYNQ zeroes it too: the cache owns the block now
+            cache.return_pointer(pointer)
 
     def close(self) -> None:
         """Same as :meth:`freebuffer` (idempotent)."""

@@ -27,8 +27,11 @@ class RegionNotFoundError(PynqAllocError, LookupError):
     """The requested memory region (``target=``) does not exist."""
 
 
-class OutOfMemoryError(PynqAllocError, MemoryError):
-    """The region has no free block large enough for the request."""
+class OutOfMemoryError(PynqAllocError, MemoryError, RuntimeError):
+    """The region has no free block large enough for the request.
+
+    Also a ``RuntimeError``: PYNQ raises that when its allocator runs out, and
+    PYNQ code catches it (``except RuntimeError``)."""
 
 
 class BufferFreedError(PynqAllocError, ValueError):

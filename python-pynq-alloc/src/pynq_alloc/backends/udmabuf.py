@@ -184,6 +184,27 @@ def read_region(sysfs_dir: str, dev_root: str) -> RegionInfo:
     )
 
 
+def no_region_message(sysfs_root: str, module_dir: str = "/sys/module/u_dma_buf") -> str:
+    """What to do when the driver offers no region, for each kind of image."""
+    if os.path.isdir(module_dir):
+        state = ("the u-dma-buf module is loaded but created no device: the device tree has "
+                 "no 'ikwzm,u-dma-buf' node (or its probe failed: see `dmesg | grep u-dma-buf`), "
+                 "and no udmabufN= module parameter was given")
+    else:
+        state = "the u-dma-buf kernel module is not loaded"
+    return (
+        f"no u-dma-buf region found under {sysfs_root}: {state}. To fix it: "
+        f"on an image built with the meta-pynq-alloc Yocto layer, `modprobe u-dma-buf` and "
+        f"check that the board's device tree has the layer's pools (`pynq-alloc info` "
+        f"diagnoses both); on any other image, build and load u-dma-buf "
+        f"(https://github.com/ikwzm/udmabuf), then either add a reserved-memory pool and an "
+        f"'ikwzm,u-dma-buf' node to the device tree, or create a region with no device-tree "
+        f"change: `modprobe u-dma-buf udmabuf0=16777216` (16 MiB taken from CMA: the kernel's "
+        f"cma= must be larger). To try pynq_alloc without hardware, set "
+        f"PYNQ_ALLOC_BACKEND=sim."
+    )
+
+
 def _natural_key(name: str) -> Tuple[str, int]:
     match = re.fullmatch(r"(.*?)(\d*)", name)
     assert match is not None
@@ -241,7 +262,13 @@ class RegionHandle:
 
     # -- mapping ---------------------------------------------------------------
     def mapping(self, cacheable: bool) -> Tuple[mmap.mmap, str, int]:
-        """The region mapped MAP_SHARED: (mapping, caching kind, its virtual address)."""
+        """The region mapped MAP_SHARED: (mapping, caching kind, its virtual address).
+
+        On a dma-coherent region the device snoops the CPU caches, so the cached
+        mapping already needs no flush: it serves ``cacheable=False`` too (and is
+        faster than any uncached one)."""
+        if self.region.coherent:
+            cacheable = True
         found = self._mappings.get(cacheable)
         if found is None:
             with self._lock:
@@ -421,15 +448,8 @@ class UdmabufBackend:
         except OSError as exc:
             raise device_error(exc, "cannot list u-dma-buf regions", self.sysfs_root) from exc
         if not names:
-            raise DriverNotFoundError(
-                f"no u-dma-buf region found under {self.sysfs_root}: the u-dma-buf kernel module "
-                f"is not loaded (`modprobe u-dma-buf`), or no 'ikwzm,u-dma-buf' node is described "
-                f"in the device tree (see device-tree/ in pynq-alloc; a region can also be made "
-                f"with the module parameter udmabuf0=<size>). To try pynq_alloc without hardware, "
-                f"set PYNQ_ALLOC_BACKEND=sim.",
-                errno.ENOENT,
-                self.sysfs_root,
-            )
+            raise DriverNotFoundError(no_region_message(self.sysfs_root), errno.ENOENT,
+                                      self.sysfs_root)
         names.sort(key=_natural_key)
         return {n: read_region(os.path.join(self.sysfs_root, n), self.dev_root) for n in names}
 
