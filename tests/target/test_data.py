@@ -52,7 +52,7 @@ WINDOWS = {"device-o_sync": device_window, "dev-mem": devmem_window}
 @pytest.mark.parametrize("reader", sorted(WINDOWS))
 def test_flushed_data_is_what_the_region_holds(region: Any, reader: str) -> None:
     data = pattern(1)
-    with pynq_alloc.allocate(WORDS, "u8", target=region.name) as buf:
+    with pynq_alloc.allocate(WORDS, "u8", target=region.name, cacheable=True) as buf:
         buf[:] = data
         buf.flush()
         with WINDOWS[reader](region, buf) as window:
@@ -62,7 +62,7 @@ def test_flushed_data_is_what_the_region_holds(region: Any, reader: str) -> None
 @pytest.mark.parametrize("writer", sorted(WINDOWS))
 def test_invalidate_shows_what_was_written_behind_the_cache(region: Any, writer: str) -> None:
     old, new = pattern(2), pattern(3)
-    with pynq_alloc.allocate(WORDS, "u8", target=region.name) as buf:
+    with pynq_alloc.allocate(WORDS, "u8", target=region.name, cacheable=True) as buf:
         buf[:] = old
         buf.flush()
         assert int(buf[::8].sum()) >= 0  # the CPU reads: lines of `old` may be cached now
@@ -75,7 +75,7 @@ def test_invalidate_shows_what_was_written_behind_the_cache(region: Any, writer:
 def test_flush_and_invalidate_hand_the_memory_to_the_device_and_back(region: Any) -> None:
     if region.coherent:
         pytest.skip(f"{region.name} is dma-coherent: there is no cache maintenance to observe")
-    with pynq_alloc.allocate(WORDS, "u8", target=region.name) as buf:
+    with pynq_alloc.allocate(WORDS, "u8", target=region.name, cacheable=True) as buf:
         buf[:] = 5
         buf.flush()
         assert sysfs(region.name, "sync_owner") == "1"  # the driver's sync_for_device ran
@@ -107,7 +107,7 @@ def test_a_view_syncs_exactly_its_own_bytes(region: Any, sync_ioctls: List[Tuple
         pytest.skip(f"{region.name} is dma-coherent: flush/invalidate issue nothing")
     if region.ioctl_version < 2:
         pytest.skip(f"u-dma-buf {region.driver_version} has no sync ioctls (sysfs fallback)")
-    with pynq_alloc.allocate(4096, "u4", target=region.name) as buf:
+    with pynq_alloc.allocate(4096, "u4", target=region.name, cacheable=True) as buf:
         view = buf[span[0]:span[1]]
         first = view.device_address - region.phys_addr
         last = first + view.nbytes
