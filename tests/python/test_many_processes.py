@@ -30,9 +30,11 @@ WORKER = textwrap.dedent("""
     from pynq_alloc import allocate, OutOfMemoryError
     from pynq_alloc.backends.udmabuf import UdmabufBackend
     backend = UdmabufBackend(*sys.argv[1:4])
-    seed, until = int(sys.argv[4]), float(sys.argv[5])
+    seed, seconds = int(sys.argv[4]), float(sys.argv[5])
     rng = random.Random(seed)
     log = open(sys.argv[6], "w", buffering=1)
+    print("READY", file=log)  # started: the parent's clock runs from here
+    until = time.monotonic() + seconds
     held = []
     while time.monotonic() < until:
         if held and (len(held) > 12 or rng.random() < 0.45):
@@ -62,6 +64,14 @@ WORKER = textwrap.dedent("""
 """)
 
 
+def _started(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.readline() == "READY\n"
+    except FileNotFoundError:
+        return False
+
+
 def read_log(path: str, killed_at: float) -> List[Tuple[int, int, float, float]]:
     """(address, size, start, end) of every block the worker logged."""
     blocks: Dict[int, Tuple[int, float]] = {}
@@ -69,7 +79,7 @@ def read_log(path: str, killed_at: float) -> List[Tuple[int, int, float, float]]
     with open(path) as f:
         for line in f:
             parts = line.split()
-            if not line.endswith("\n") or parts[0] in ("DONE",):
+            if not line.endswith("\n") or parts[0] in ("DONE", "READY"):
                 continue
             assert parts[0] != "CORRUPT", f"{path}: a buffer's data was overwritten: {line}"
             if parts[2] == "F":
@@ -83,11 +93,16 @@ def read_log(path: str, killed_at: float) -> List[Tuple[int, int, float, float]]
 
 def test_eight_processes_with_kills_never_overlap_and_leak_nothing(tmp_path: object) -> None:
     with Simulator([SimRegion("udmabuf0", 8 << 20, 0x7E000000)]) as sim:
-        until = time.monotonic() + SECONDS
         logs = [os.path.join(str(tmp_path), f"worker{i}.log") for i in range(WORKERS)]
         workers = [subprocess.Popen([sys.executable, "-c", WORKER, sim.sysfs_root, sim.dev_root,
-                                     sim.run_dir, str(i), str(until), logs[i]])
+                                     sim.run_dir, str(i), str(SECONDS), logs[i]])
                    for i in range(WORKERS)]
+        # Interpreter start-up is slow on a loaded machine: the clock starts when all
+        # workers run, so the kills land in the middle of their work, never before it.
+        deadline = time.monotonic() + 120
+        while not all(_started(log) for log in logs):
+            assert time.monotonic() < deadline, "workers did not start within 120 s"
+            time.sleep(0.05)
         time.sleep(SECONDS / 2)
         kill_times = {}
         for worker in workers[:KILLED]:

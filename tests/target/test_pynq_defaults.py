@@ -45,7 +45,14 @@ def open_flags_of_a_new_buffer(name: str, cacheable: Any) -> dict:
     kwargs = {} if cacheable is None else {"cacheable": cacheable}
     buf = pynq_alloc.allocate(4096, "u1", target=name, **kwargs)
     flags: List[int] = [_fd_flags(fd) for fd in _device_fds(name) - before]
-    return {"flags": flags, "cacheable": buf.cacheable, "coherent": buf.coherent}
+    links = {}
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            links[entry] = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError as exc:
+            links[entry] = str(exc)
+    return {"flags": flags, "cacheable": buf.cacheable, "coherent": buf.coherent,
+            "fds": links, "before": sorted(before)}
 
 
 def test_a_default_buffer_is_the_drivers_write_combine_mapping(region: Any) -> None:

@@ -64,10 +64,12 @@ def test_sim_freeing_with_live_views_never_faults() -> None:
     buf[:] = 7
     view = buf[10:20]
     buf.freebuffer()
-    assert int(view.sum()) == 70
+    assert int(np.asarray(view).sum()) == 70  # still mapped, still reserved
     with pytest.raises(pynq_alloc.BufferFreedError):
         _ = view.device_address
+    with pytest.raises(pynq_alloc.BufferFreedError):
+        view[0]
     with pynq_alloc.allocate(1024, "u4", backend="sim") as again:
         again[:] = 9
-        assert int(view.sum()) == 70, "a new buffer was given the memory a live view still uses"
+        assert int(np.asarray(view).sum()) == 70, "a new buffer was given the memory a live view still uses"
     del view

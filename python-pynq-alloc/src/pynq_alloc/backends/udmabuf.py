@@ -186,12 +186,16 @@ def read_region(sysfs_dir: str, dev_root: str) -> RegionInfo:
 
 def no_region_message(sysfs_root: str, module_dir: str = "/sys/module/u_dma_buf") -> str:
     """What to do when the driver offers no region, for each kind of image."""
-    if os.path.isdir(module_dir):
+    if sysfs_root != DEFAULT_SYSFS_ROOT:
+        state = ("the u-dma-buf kernel module is not loaded, or it created no device (no "
+                 "'ikwzm,u-dma-buf' node in the device tree, no udmabufN= module parameter)")
+    elif os.path.isdir(module_dir):
         state = ("the u-dma-buf module is loaded but created no device: the device tree has "
                  "no 'ikwzm,u-dma-buf' node (or its probe failed: see `dmesg | grep u-dma-buf`), "
                  "and no udmabufN= module parameter was given")
     else:
-        state = "the u-dma-buf kernel module is not loaded"
+        state = ("the u-dma-buf kernel module is not loaded (and without it the device tree's "
+                 "'ikwzm,u-dma-buf' nodes give no device)")
     return (
         f"no u-dma-buf region found under {sysfs_root}: {state}. To fix it: "
         f"on an image built with the meta-pynq-alloc Yocto layer, `modprobe u-dma-buf` and "
