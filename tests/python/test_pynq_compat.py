@@ -494,3 +494,21 @@ def _fd_flags(fd: int) -> int:
             if line.startswith("flags:"):
                 return int(line.split()[1], 8)
     raise AssertionError(f"no flags line in /proc/self/fdinfo/{fd}")
+
+
+@pytest.mark.parametrize("sync_mode", [0, 1])
+def test_the_default_on_a_region_without_write_combine_says_how_to_fix_it(
+        sync_mode: int) -> None:
+    """A foreign board whose node keeps the driver's sync_mode: the error names the
+    default, the device-tree property and the one-line fix, and nothing is taken."""
+    with Simulator([SimRegion("udmabuf0", 1 << 20, 0x7E000000, sync_mode=sync_mode)]) as sim:
+        backend = sim.backend()
+        with pytest.raises(InvalidArgumentError) as info:
+            allocate(16, backend=backend)
+        message = str(info.value)
+        assert "allocate()'s default" in message and "sync-mode = <2>" in message
+        assert "echo 2 >" in message and "cacheable=True" in message
+        buf = allocate(16, backend=backend, cacheable=True)  # the documented way out
+        assert buf.cacheable
+        del buf
+        assert backend.handle(backend.region()).ledger.stats().used == 0

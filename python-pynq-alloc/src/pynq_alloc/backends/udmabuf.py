@@ -288,21 +288,27 @@ class RegionHandle:
         sync_mode = read_sync_mode(region.sysfs_dir)
         kind = mapping_kind(sync_mode, o_sync=not cacheable)
         mode_path = os.path.join(region.sysfs_dir, "sync_mode")
+        # cacheable=False is allocate()'s default (PYNQ's): say so, since most callers
+        # never wrote it.
+        what = "cacheable=False (allocate()'s default, as in PYNQ)"
+        fix = (f"Set sync-mode = <2> (write-combine) in the region's device-tree node (the "
+               f"meta-pynq-alloc udev rule sets it when the device appears), or as root "
+               f"`echo 2 > {mode_path}`")
         if kind == MappingKind.DEVICE:
             raise InvalidArgumentError(
                 f"region {region.name} has sync_mode {sync_mode}: "
-                f"{'cacheable=False' if not cacheable else 'every mapping'} would be Device "
-                f"memory (nGnRnE), where numpy's unaligned accesses and glibc's memset fault on "
-                f"arm. Set sync-mode = <2> (write-combine) in the region's device-tree node, or "
-                f"as root `echo 2 > {mode_path}`"
-                + ("; or allocate with cacheable=True and flush()." if not cacheable else ".")
+                f"{what if not cacheable else 'every mapping'} would be Device memory "
+                f"(nGnRnE), where numpy's unaligned accesses and glibc's memset fault on arm. "
+                + fix
+                + ("; or allocate with cacheable=True and flush()/invalidate() around DMA."
+                   if not cacheable else ".")
             )
         if not cacheable and kind == MappingKind.CACHED:
             raise InvalidArgumentError(
-                f"cacheable=False cannot be honoured on region {region.name}: its sync_mode "
-                f"{sync_mode} keeps the CPU cache on even with O_SYNC. Set sync-mode = <2> in "
-                f"its device-tree node (or `echo 2 > {mode_path}` as root), or allocate with "
-                f"cacheable=True and use flush()/invalidate()."
+                f"{what} cannot be honoured on region {region.name}: its sync_mode "
+                f"{sync_mode} keeps the CPU cache on even with O_SYNC, so data would need "
+                f"flush()/invalidate() after all. {fix}; or allocate with cacheable=True and "
+                f"use flush()/invalidate()."
             )
         flags = os.O_RDWR | os.O_CLOEXEC | (0 if cacheable else os.O_SYNC)
         try:
