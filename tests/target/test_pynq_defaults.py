@@ -8,7 +8,7 @@ independent mapping of the region."""
 from __future__ import annotations
 
 import os
-from typing import Any, List, Set
+from typing import Any, List
 
 import numpy as np
 import pynq_alloc
@@ -17,18 +17,6 @@ from helpers import DEV_ROOT, Window, in_child, reserved_pool, sysfs
 
 # O_SYNC is __O_SYNC | O_DSYNC; the first bit is the one only O_SYNC sets.
 O_SYNC_ONLY = os.O_SYNC & ~os.O_DSYNC
-
-
-def _device_fds(name: str) -> Set[int]:
-    device = str(DEV_ROOT / name)
-    found = set()
-    for entry in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{entry}") == device:
-                found.add(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 def _fd_flags(fd: int) -> int:
@@ -40,19 +28,27 @@ def _fd_flags(fd: int) -> int:
 
 
 def open_flags_of_a_new_buffer(name: str, cacheable: Any) -> dict:
-    """In a child: the open flags of the descriptors a new buffer's mapping added."""
-    before = _device_fds(name)  # inherited from the parent: not this child's mappings
-    kwargs = {} if cacheable is None else {"cacheable": cacheable}
-    buf = pynq_alloc.allocate(4096, "u1", target=name, **kwargs)
-    flags: List[int] = [_fd_flags(fd) for fd in _device_fds(name) - before]
-    links = {}
-    for entry in os.listdir("/proc/self/fd"):
-        try:
-            links[entry] = os.readlink(f"/proc/self/fd/{entry}")
-        except OSError as exc:
-            links[entry] = str(exc)
-    return {"flags": flags, "cacheable": buf.cacheable, "coherent": buf.coherent,
-            "fds": links, "before": sorted(before)}
+    """In a child (its own first mapping): the kernel's open flags, from fdinfo, of the
+    descriptors of /dev/<name> that allocate() opened (found by watching os.open: the
+    numbers of the parent's descriptors, closed in the child, are reused)."""
+    device = str(DEV_ROOT / name)
+    opened: List[int] = []
+    real_open = os.open
+
+    def spy(path: Any, flags: int, *rest: Any, **kw: Any) -> int:
+        fd = real_open(path, flags, *rest, **kw)
+        if str(path) == device:
+            opened.append(fd)
+        return fd
+
+    os.open = spy  # type: ignore[assignment]
+    try:
+        kwargs = {} if cacheable is None else {"cacheable": cacheable}
+        buf = pynq_alloc.allocate(4096, "u1", target=name, **kwargs)
+    finally:
+        os.open = real_open  # type: ignore[assignment]
+    flags = [_fd_flags(fd) for fd in opened]
+    return {"flags": flags, "cacheable": buf.cacheable, "coherent": buf.coherent}
 
 
 def test_a_default_buffer_is_the_drivers_write_combine_mapping(region: Any) -> None:
