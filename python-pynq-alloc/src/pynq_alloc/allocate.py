@@ -250,11 +250,11 @@ def allocate(shape: Union[int, Tuple[int, ...]], dtype: Any = "u4", target: Any 
         handle = backend.handle(region)
         mapping, kind, base = handle.mapping(cacheable)
         try:
-            offset, size = handle.ledger.allocate(nbytes, align)
+            offset, size, tag = handle.ledger.allocate(nbytes, align)
         except OutOfMemoryError:
             raise _out_of_memory(backend, region, nbytes, align,
                                  _region_full(handle)) from None
-        block = Block(handle, offset, size, base + offset, kind)
+        block = Block(handle, offset, size, base + offset, kind, tag=tag)
         block.zero_fill()
     buf = Buffer._from_block(block, mapping, dims, dt)
     if cache is not None:

@@ -47,12 +47,14 @@ class Block:
     """
 
     __slots__ = ("cacheable", "freed", "handle", "kind", "offset", "owner_pid", "phys",
-                 "size", "virt")
+                 "size", "tag", "virt")
 
-    def __init__(self, handle: RegionHandle, offset: int, size: int, virt: int, kind: str) -> None:
+    def __init__(self, handle: RegionHandle, offset: int, size: int, virt: int, kind: str, *,
+                 tag: int) -> None:
         self.handle = handle
         self.offset = offset
         self.size = size
+        self.tag = tag  # the ledger's tag of this allocation (see Ledger.hold)
         self.phys = handle.region.phys_addr + offset
         self.virt = virt
         self.kind = kind
@@ -76,7 +78,7 @@ class Block:
     def handover(self) -> Block:
         """A new block owning this one's memory (frame recycling); this one, already
         freed, stays freed for the arrays that still refer to it and frees nothing."""
-        new = Block(self.handle, self.offset, self.size, self.virt, self.kind)
+        new = Block(self.handle, self.offset, self.size, self.virt, self.kind, tag=self.tag)
         new.owner_pid = self.owner_pid
         self.owner_pid = -1
         return new

@@ -9,6 +9,13 @@ whatever the number of live blocks. When the log grows long it is compacted
 into a snapshot of the live blocks, written beside the old data and committed by
 one header write, so a process killed at any instant leaves a valid ledger.
 
+A block may have several holders (a buffer shared with other processes of
+ours, :meth:`Buffer.share`): each process that holds it has a hold recorded
+against its slot, and the block returns to the pool when the last hold goes.
+Every block carries a random 32-bit tag, fixed when it is allocated, so that a
+hold taken through a share handle can tell "the block I was sent" from a later
+block at the same offset.
+
 Owners are *slots*, not PIDs: each process holds a POSIX record lock on one
 byte (``_SLOT_LOCK_BASE + slot``) of the ledger file for its lifetime. The
 kernel drops that lock when the process dies however it dies (SIGKILL
@@ -26,6 +33,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import random
 import struct
 import threading
 import warnings
@@ -34,20 +42,29 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Set, Tuple
 
 from ._platform import current_pid
-from .errors import DevicePermissionError, InvalidArgumentError, LedgerError, device_error
+from .errors import (
+    BufferFreedError,
+    DevicePermissionError,
+    InvalidArgumentError,
+    LedgerError,
+    device_error,
+)
 from .pool import Pool, PoolStats
 
 if TYPE_CHECKING:
     from .backends.udmabuf import RegionHandle
 
 _MAGIC = b"PYNQALC1"
-_VERSION = 1
+# 2: records carry the block's tag; HOLD records; FREE drops ``aux`` holds (0 means one).
+# A ledger of another version is rebuilt when no process uses it, refused otherwise.
+_VERSION = 2
 # magic, version, record size, region size, region phys, epoch, data start, records, crc32
 _HEADER = struct.Struct("<8sIIQQQQQI")
 _HEADER_SPACE = 128
-# op, slot, offset, size, aux (ALLOC: start of the free block it was carved from)
+# op, slot, tag, offset, size, aux (ALLOC: start of the free block it was carved from;
+# BLOCK and HOLD: the number of holds; FREE: holds dropped, 0 meaning one)
 _RECORD = struct.Struct("<BxHIQQQ")
-_OP_ALLOC, _OP_FREE, _OP_BLOCK = 1, 2, 3
+_OP_ALLOC, _OP_FREE, _OP_BLOCK, _OP_HOLD = 1, 2, 3, 4
 _SLOT_LOCK_BASE = 1 << 40  # far beyond any data: lock bytes never overlap records
 _MAX_SLOTS = 1 << 15
 _COMPACT_MIN_RECORDS = 4096
@@ -70,8 +87,9 @@ class Ledger:
         self._epoch = -1
         self._data_start = _HEADER_SPACE
         self._records = 0
-        self._owner: Dict[int, int] = {}  # block offset -> slot
-        self._blocks_of: Dict[int, Set[int]] = {}  # slot -> block offsets
+        self._holds: Dict[int, Dict[int, int]] = {}  # block offset -> {slot: holds}
+        self._tags: Dict[int, int] = {}  # block offset -> its tag
+        self._blocks_of: Dict[int, Set[int]] = {}  # slot -> offsets of blocks it holds
         self._region_key = (pool.size, pool.base_address)
         self._thread_lock = threading.RLock()
         self._depth = 0
@@ -240,7 +258,8 @@ class Ledger:
 
     def _reset_mirror(self) -> None:
         self.pool = Pool(self.pool.size, self.pool.base_address, self.pool.granule)
-        self._owner.clear()
+        self._holds.clear()
+        self._tags.clear()
         self._blocks_of.clear()
 
     def _catch_up(self) -> None:
@@ -263,47 +282,75 @@ class Ledger:
         if len(raw) != (last - first) * _RECORD.size:
             raise _CorruptError(f"{last} records announced, file holds fewer")
         snapshot_free = 0
-        for index, (op, slot, _, offset, size, aux) in enumerate(_RECORD.iter_unpack(raw)):
+        for index, (op, slot, tag, offset, size, aux) in enumerate(_RECORD.iter_unpack(raw)):
             try:
                 if op == _OP_ALLOC:
                     self.pool.carve(aux, offset, size)
-                elif op == _OP_FREE:
-                    self.pool.release(offset)
+                    self._tags[offset] = tag
+                    self._add_hold(offset, slot, 1)
                 elif op == _OP_BLOCK:
                     self.pool.carve(snapshot_free, offset, size)
                     snapshot_free = offset + size
+                    self._tags[offset] = tag
+                    self._add_hold(offset, slot, aux)
+                elif op == _OP_HOLD:
+                    if self._tags.get(offset) != tag:
+                        raise InvalidArgumentError(f"hold on {offset:#x}: no such block")
+                    self._add_hold(offset, slot, aux)
+                elif op == _OP_FREE:
+                    if self._holds.get(offset, {}).get(slot, 0) <= 0:
+                        raise InvalidArgumentError(f"slot {slot} holds no block at {offset:#x}")
+                    self._drop_holds(offset, slot, aux or 1)
                 else:
                     raise _CorruptError(f"record {first + index} has unknown operation {op}")
             except InvalidArgumentError as exc:
                 raise _CorruptError(f"record {first + index}: {exc}") from None
-            if op == _OP_FREE:
-                owner = self._owner.pop(offset)
-                self._blocks_of[owner].discard(offset)
-            else:
-                self._owner[offset] = slot
-                self._blocks_of.setdefault(slot, set()).add(offset)
         self._records = last
 
-    def _append(self, op: int, slot: int, offset: int, size: int, aux: int) -> None:
-        record = _RECORD.pack(op, slot, 0, offset, size, aux)
+    def _add_hold(self, offset: int, slot: int, count: int) -> None:
+        holders = self._holds.setdefault(offset, {})
+        holders[slot] = holders.get(slot, 0) + count
+        self._blocks_of.setdefault(slot, set()).add(offset)
+
+    def _drop_holds(self, offset: int, slot: int, count: int) -> None:
+        """Drop ``count`` of ``slot``'s holds; the block goes back when none is left."""
+        holders = self._holds[offset]
+        left = holders[slot] - count
+        if left > 0:
+            holders[slot] = left
+            return
+        del holders[slot]
+        self._blocks_of[slot].discard(offset)
+        if not holders:
+            del self._holds[offset]
+            del self._tags[offset]
+            self.pool.release(offset)
+
+    def _append(self, op: int, slot: int, offset: int, size: int, aux: int, *,
+                tag: int = 0) -> None:
+        record = _RECORD.pack(op, slot, tag, offset, size, aux)
         os.pwrite(self.fd, record, self._data_start + self._records * _RECORD.size)
         self._write_header(self._epoch, self._data_start, self._records + 1)
-        if self._records >= _COMPACT_MIN_RECORDS and self._records > 4 * len(self._owner):
+        if self._records >= _COMPACT_MIN_RECORDS and self._records > 4 * len(self._holds):
             self._compact()
 
     def _compact(self) -> None:
         """Write a snapshot of the live blocks where it overlaps no current data; commit it."""
-        blocks = sorted(self.pool.used_blocks())
-        snapshot = b"".join(_RECORD.pack(_OP_BLOCK, self._owner[off], 0, off, size, 0)
-                            for off, size in blocks)
+        records = []
+        for off, size in sorted(self.pool.used_blocks()):
+            (slot, holds), *others = sorted(self._holds[off].items())
+            tag = self._tags[off]
+            records.append(_RECORD.pack(_OP_BLOCK, slot, tag, off, size, holds))
+            records += [_RECORD.pack(_OP_HOLD, s, tag, off, 0, n) for s, n in others]
+        snapshot = b"".join(records)
         data_end = self._data_start + self._records * _RECORD.size
         fits_before = self._data_start - _HEADER_SPACE >= len(snapshot)
         start = _HEADER_SPACE if fits_before else data_end
         os.pwrite(self.fd, snapshot, start)
-        self._write_header(self._epoch + 1, start, len(blocks))
+        self._write_header(self._epoch + 1, start, len(records))
         if start == _HEADER_SPACE:
             os.ftruncate(self.fd, start + len(snapshot))
-        self._records = len(blocks)
+        self._records = len(records)
 
     # -- owners ----------------------------------------------------------------------
     def _slot_free(self, slot: int) -> bool:
@@ -340,12 +387,15 @@ class Ledger:
             f"fewer processes must use region {self.region_name} at once", errno.EUSERS, self.path)
 
     def _reclaim(self, slot: int) -> int:
-        offsets = self._blocks_of.pop(slot, set())
-        for offset in sorted(offsets):
-            self.pool.release(offset)
-            del self._owner[offset]
-            self._append(_OP_FREE, slot, offset, 0, 0)
-        return len(offsets)
+        """Drop every hold of a dead slot; count the blocks that went back to the pool."""
+        returned = 0
+        for offset in sorted(self._blocks_of.get(slot, set())):
+            holds = self._holds[offset][slot]
+            self._drop_holds(offset, slot, holds)
+            self._append(_OP_FREE, slot, offset, 0, holds)
+            returned += offset not in self._holds
+        self._blocks_of.pop(slot, None)
+        return returned
 
     def reclaim_dead(self) -> int:
         """Return to the pool every block whose owner process has died; count them."""
@@ -357,22 +407,44 @@ class Ledger:
         return reclaimed
 
     # -- the operations ----------------------------------------------------------------
-    def allocate(self, size: int, align: int) -> Tuple[int, int]:
-        """Take a block for this process: (offset, size really taken)."""
+    def allocate(self, size: int, align: int) -> Tuple[int, int, int]:
+        """Take a block for this process: (offset, size really taken, its tag)."""
         outermost = self._acquire()  # the hot path: no context-manager overhead
         try:
             self.reclaim_dead()
             offset, size, free_start = self.pool.take(size, align)
-            self._owner[offset] = self.slot
-            self._blocks_of.setdefault(self.slot, set()).add(offset)
-            self._append(_OP_ALLOC, self.slot, offset, size, free_start)
-            return offset, size
+            tag = random.getrandbits(32)
+            self._tags[offset] = tag
+            self._add_hold(offset, self.slot, 1)
+            self._append(_OP_ALLOC, self.slot, offset, size, free_start, tag=tag)
+            return offset, size, tag
         finally:
             self._release(outermost)
 
+    def hold(self, offset: int, size: int, tag: int) -> None:
+        """Take one more hold, for this process, on a live block another one shares.
+
+        Refused (BufferFreedError) when the block at ``offset`` is no longer the one
+        with ``tag`` and ``size``: it was freed by every holder before this call.
+        """
+        with self._locked():
+            self.reclaim_dead()
+            if self._tags.get(offset) != tag or self.pool.block_size(offset) != size:
+                raise BufferFreedError(
+                    f"the shared buffer at offset {offset:#x} of region {self.region_name} was "
+                    f"freed by every process that held it before this one took it: keep the "
+                    f"sender's buffer (or its share handle) alive until the receiver has it")
+            self._add_hold(offset, self.slot, 1)
+            self._append(_OP_HOLD, self.slot, offset, 0, 1, tag=tag)
+
+    def holders(self, offset: int) -> Dict[int, int]:
+        """{slot: holds} of the block at ``offset`` ({} when it is free), after catching up."""
+        with self._locked():
+            return dict(self._holds.get(offset, {}))
+
     def free(self, offset: int) -> None:
-        """Give back a block of this process. Re-entrant: a free that happens while this
-        thread is inside a ledger operation (garbage collection) runs when it ends."""
+        """Drop one hold of this process on a block. Re-entrant: a free that happens while
+        this thread is inside a ledger operation (garbage collection) runs when it ends."""
         if self.fd < 0 or self.pid != current_pid():
             return  # forked child, or closed: the block is not ours to give back
         with self._thread_lock:
@@ -386,12 +458,10 @@ class Ledger:
                 self._release(outermost)
 
     def _free_locked(self, offset: int) -> None:
-        if self._owner.get(offset) != self.slot:
+        if self._holds.get(offset, {}).get(self.slot, 0) <= 0:
             return  # already reclaimed or given back: nothing to do
-        self.pool.release(offset)
-        del self._owner[offset]
-        self._blocks_of[self.slot].discard(offset)
-        self._append(_OP_FREE, self.slot, offset, 0, 0)
+        self._drop_holds(offset, self.slot, 1)
+        self._append(_OP_FREE, self.slot, offset, 0, 1)
 
     # -- inspection ---------------------------------------------------------------------
     def stats(self) -> PoolStats:
@@ -402,21 +472,27 @@ class Ledger:
     def live_blocks(self) -> List[Tuple[int, int, int]]:
         """(offset, size, owner slot) of every live block, after catching up."""
         with self._locked():
-            return sorted((off, size, self._owner[off]) for off, size in self.pool.used_blocks())
+            return sorted((off, size, min(self._holds[off]))
+                          for off, size in self.pool.used_blocks())
 
     def check(self, against_file: bool = True) -> None:
         """Verify the pool invariants, the owners and (unless ``against_file`` is False)
         that a fresh replay of the whole file agrees with this process's mirror."""
         with self._locked():
             self.pool.check()
-            if set(self._owner) != {off for off, _ in self.pool.used_blocks()}:
-                raise AssertionError("owners do not match the used blocks")
+            if set(self._holds) != {off for off, _ in self.pool.used_blocks()}:
+                raise AssertionError("holders do not match the used blocks")
+            if set(self._tags) != set(self._holds):
+                raise AssertionError("tags do not match the used blocks")
+            if any(not held or min(held.values()) <= 0 for held in self._holds.values()):
+                raise AssertionError("a used block without a positive hold")
             if not against_file:
                 return
             fresh = Ledger(self.path, self.fd, Pool(self.pool.size, self.pool.base_address),
                            self.region_name)
             fresh._catch_up()
-            if sorted(fresh.pool.used_blocks()) != sorted(self.pool.used_blocks()):
+            if (sorted(fresh.pool.used_blocks()) != sorted(self.pool.used_blocks())
+                    or fresh._holds != self._holds or fresh._tags != self._tags):
                 raise AssertionError("the ledger file and this process's mirror disagree")
 
 
