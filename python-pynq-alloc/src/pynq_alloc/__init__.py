@@ -29,6 +29,7 @@ from .errors import (
     RegionNotFoundError,
     SyncError,
 )
+from .share import ShareHandle
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "Region",
     "RegionInfo",
     "RegionNotFoundError",
+    "ShareHandle",
     "SyncError",
     "__version__",
     "allocate",

@@ -34,6 +34,7 @@ import numpy as np
 from ._platform import current_pid
 from .backends.udmabuf import FROM_DEVICE, TO_DEVICE, MappingKind
 from .errors import BufferFreedError, InvalidArgumentError
+from .share import ShareHandle
 
 if TYPE_CHECKING:
     from .backends.udmabuf import RegionHandle, RegionInfo
@@ -151,6 +152,17 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
                     dtype: np.dtype[Any]) -> Buffer:
         self: Buffer = np.ndarray.__new__(cls, shape, dtype=dtype, buffer=mapping,
                                           offset=block.offset)
+        self._block = block
+        self._owns = True
+        return self
+
+    @classmethod
+    def _over(cls, block: Block, mapping: Any, shape: Tuple[int, ...], dtype: np.dtype[Any], *,
+              data_offset: int, strides: Tuple[int, ...]) -> Buffer:
+        """An array owning ``block`` whose first element is ``data_offset`` bytes into it
+        (a shared view arrives as a buffer of its own)."""
+        self: Buffer = np.ndarray.__new__(cls, shape, dtype=dtype, buffer=mapping,
+                                          offset=block.offset + data_offset, strides=strides)
         self._block = block
         self._owns = True
         return self
@@ -291,6 +303,17 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         """True once freebuffer()/close() was called on this buffer or one of its views."""
         block = self._block
         return block is _FREED or (isinstance(block, Block) and block.freed)
+
+    def share(self) -> ShareHandle:
+        """A handle that pickles to this array's memory in another process, without a copy.
+
+        Send it through ``multiprocessing`` (queues, pool arguments) or any pickle; the
+        receiver gets a :class:`Buffer` with the same ``device_address``, and the block
+        stays allocated until every process holding it has freed it or died. Keep this
+        buffer (or the handle) alive until the receiver has unpickled it. Plain
+        pickling of a buffer still copies the data.
+        """
+        return ShareHandle(self, self._live_block())
 
     # -- cache maintenance --------------------------------------------------------------------
     def _sync(self, direction: int) -> None:

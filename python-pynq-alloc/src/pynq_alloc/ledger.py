@@ -55,16 +55,18 @@ if TYPE_CHECKING:
     from .backends.udmabuf import RegionHandle
 
 _MAGIC = b"PYNQALC1"
-# 2: records carry the block's tag; HOLD records; FREE drops ``aux`` holds (0 means one).
+# 2: records carry the block's tag; HOLD, SEND, RECV and TOKEN records; FREE drops ``aux``
+# holds (0 means one).
 # A ledger of another version is rebuilt when no process uses it, refused otherwise.
 _VERSION = 2
 # magic, version, record size, region size, region phys, epoch, data start, records, crc32
 _HEADER = struct.Struct("<8sIIQQQQQI")
 _HEADER_SPACE = 128
 # op, slot, tag, offset, size, aux (ALLOC: start of the free block it was carved from;
-# BLOCK and HOLD: the number of holds; FREE: holds dropped, 0 meaning one)
+# BLOCK and HOLD: the number of holds; FREE: holds dropped, 0 meaning one; SEND, RECV and
+# TOKEN: the transfer token)
 _RECORD = struct.Struct("<BxHIQQQ")
-_OP_ALLOC, _OP_FREE, _OP_BLOCK, _OP_HOLD = 1, 2, 3, 4
+_OP_ALLOC, _OP_FREE, _OP_BLOCK, _OP_HOLD, _OP_SEND, _OP_RECV, _OP_TOKEN = 1, 2, 3, 4, 5, 6, 7
 _SLOT_LOCK_BASE = 1 << 40  # far beyond any data: lock bytes never overlap records
 _MAX_SLOTS = 1 << 15
 _COMPACT_MIN_RECORDS = 4096
@@ -90,6 +92,9 @@ class Ledger:
         self._holds: Dict[int, Dict[int, int]] = {}  # block offset -> {slot: holds}
         self._tags: Dict[int, int] = {}  # block offset -> its tag
         self._blocks_of: Dict[int, Set[int]] = {}  # slot -> offsets of blocks it holds
+        # transfer token -> (offset, sending slot): a hold the sender took when a share
+        # handle was pickled, handed to whichever process unpickles it first
+        self._in_flight: Dict[int, Tuple[int, int]] = {}
         self._region_key = (pool.size, pool.base_address)
         self._thread_lock = threading.RLock()
         self._depth = 0
@@ -261,6 +266,7 @@ class Ledger:
         self._holds.clear()
         self._tags.clear()
         self._blocks_of.clear()
+        self._in_flight.clear()
 
     def _catch_up(self) -> None:
         try:
@@ -301,6 +307,16 @@ class Ledger:
                     if self._holds.get(offset, {}).get(slot, 0) <= 0:
                         raise InvalidArgumentError(f"slot {slot} holds no block at {offset:#x}")
                     self._drop_holds(offset, slot, aux or 1)
+                elif op in (_OP_SEND, _OP_TOKEN):
+                    if self._tags.get(offset) != tag:
+                        raise InvalidArgumentError(f"transfer of {offset:#x}: no such block")
+                    if op == _OP_SEND:
+                        self._add_hold(offset, slot, 1)
+                    self._in_flight[aux] = (offset, slot)
+                elif op == _OP_RECV:
+                    if self._in_flight.get(aux, (-1, 0))[0] != offset:
+                        raise InvalidArgumentError(f"receipt of {offset:#x}: no such transfer")
+                    self._receive(offset, slot, aux)
                 else:
                     raise _CorruptError(f"record {first + index} has unknown operation {op}")
             except InvalidArgumentError as exc:
@@ -321,10 +337,19 @@ class Ledger:
             return
         del holders[slot]
         self._blocks_of[slot].discard(offset)
+        for token, (where, sender) in list(self._in_flight.items()):
+            if where == offset and sender == slot:
+                del self._in_flight[token]  # a transfer without its hold is void
         if not holders:
             del self._holds[offset]
             del self._tags[offset]
             self.pool.release(offset)
+
+    def _receive(self, offset: int, slot: int, token: int) -> None:
+        """The hold of transfer ``token`` passes from its sender to ``slot``."""
+        _, sender = self._in_flight.pop(token)
+        self._add_hold(offset, slot, 1)  # first: the block's hold count never reaches 0
+        self._drop_holds(offset, sender, 1)
 
     def _append(self, op: int, slot: int, offset: int, size: int, aux: int, *,
                 tag: int = 0) -> None:
@@ -342,6 +367,8 @@ class Ledger:
             tag = self._tags[off]
             records.append(_RECORD.pack(_OP_BLOCK, slot, tag, off, size, holds))
             records += [_RECORD.pack(_OP_HOLD, s, tag, off, 0, n) for s, n in others]
+        records += [_RECORD.pack(_OP_TOKEN, slot, self._tags[off], off, 0, token)
+                    for token, (off, slot) in sorted(self._in_flight.items())]
         snapshot = b"".join(records)
         data_end = self._data_start + self._records * _RECORD.size
         fits_before = self._data_start - _HEADER_SPACE >= len(snapshot)
@@ -421,21 +448,47 @@ class Ledger:
         finally:
             self._release(outermost)
 
-    def hold(self, offset: int, size: int, tag: int) -> None:
-        """Take one more hold, for this process, on a live block another one shares.
+    def _check_alive(self, offset: int, size: int, tag: int) -> None:
+        if self._tags.get(offset) != tag or self.pool.block_size(offset) != size:
+            raise BufferFreedError(
+                f"the shared buffer at offset {offset:#x} of region {self.region_name} was "
+                f"freed by every process that held it before this one took it: keep the "
+                f"sender's buffer (or its share handle) alive until the receiver has it")
+
+    def send(self, offset: int, size: int, tag: int) -> int:
+        """Take a hold that the process receiving a share handle will take over: the
+        block then outlives the sender's buffer while the handle is on its way. Returns
+        the transfer's token; a transfer nobody receives is dropped with its sender."""
+        with self._locked():
+            self._check_alive(offset, size, tag)
+            token = random.getrandbits(63) + 1
+            self._add_hold(offset, self.slot, 1)
+            self._in_flight[token] = (offset, self.slot)
+            self._append(_OP_SEND, self.slot, offset, 0, token, tag=tag)
+            return token
+
+    def hold(self, offset: int, size: int, tag: int, token: int = 0) -> None:
+        """Take a hold, for this process, on a live block another one shares: the
+        in-flight hold of transfer ``token`` if it is still pending, else a new one.
 
         Refused (BufferFreedError) when the block at ``offset`` is no longer the one
-        with ``tag`` and ``size``: it was freed by every holder before this call.
+        with ``tag`` and ``size``: every holder freed it before this call.
         """
         with self._locked():
             self.reclaim_dead()
-            if self._tags.get(offset) != tag or self.pool.block_size(offset) != size:
-                raise BufferFreedError(
-                    f"the shared buffer at offset {offset:#x} of region {self.region_name} was "
-                    f"freed by every process that held it before this one took it: keep the "
-                    f"sender's buffer (or its share handle) alive until the receiver has it")
+            self._check_alive(offset, size, tag)
+            if self._in_flight.get(token, (-1, 0))[0] == offset:
+                self._receive(offset, self.slot, token)
+                self._append(_OP_RECV, self.slot, offset, 0, token, tag=tag)
+                return
             self._add_hold(offset, self.slot, 1)
             self._append(_OP_HOLD, self.slot, offset, 0, 1, tag=tag)
+
+    def in_flight(self) -> int:
+        """Share handles pickled and not yet received (each holds its block)."""
+        with self._locked():
+            self.reclaim_dead()
+            return len(self._in_flight)
 
     def holders(self, offset: int) -> Dict[int, int]:
         """{slot: holds} of the block at ``offset`` ({} when it is free), after catching up."""
@@ -492,7 +545,8 @@ class Ledger:
                            self.region_name)
             fresh._catch_up()
             if (sorted(fresh.pool.used_blocks()) != sorted(self.pool.used_blocks())
-                    or fresh._holds != self._holds or fresh._tags != self._tags):
+                    or fresh._holds != self._holds or fresh._tags != self._tags
+                    or fresh._in_flight != self._in_flight):
                 raise AssertionError("the ledger file and this process's mirror disagree")
 
 
