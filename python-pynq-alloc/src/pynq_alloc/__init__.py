@@ -15,6 +15,7 @@ from .allocate import allocate
 from .backends import get_backend
 from .backends.udmabuf import Region, RegionInfo, UdmabufBackend
 from .buffer import Buffer, FramePointer
+from .dmabuf import DmaBuf, from_dmabuf
 from .errors import (
     BufferFreedError,
     DeviceError,
@@ -38,6 +39,7 @@ __all__ = [
     "BufferFreedError",
     "DeviceError",
     "DevicePermissionError",
+    "DmaBuf",
     "DriverInterfaceError",
     "DriverNotFoundError",
     "FramePointer",
@@ -53,6 +55,7 @@ __all__ = [
     "SyncError",
     "__version__",
     "allocate",
+    "from_dmabuf",
     "regions",
 ]
 

@@ -33,6 +33,8 @@ import numpy as np
 
 from ._platform import current_pid
 from .backends.udmabuf import FROM_DEVICE, TO_DEVICE, MappingKind
+from .dmabuf import DmaBuf
+from .dmabuf import export as export_dmabuf
 from .errors import BufferFreedError, InvalidArgumentError
 from .share import ShareHandle
 
@@ -47,8 +49,8 @@ class Block:
     :meth:`__del__` gives the range back to the region's ledger.
     """
 
-    __slots__ = ("cacheable", "freed", "handle", "kind", "offset", "owner_pid", "phys",
-                 "size", "tag", "virt")
+    __slots__ = ("cacheable", "exports", "freed", "handle", "kind", "offset", "owner_pid",
+                 "phys", "size", "tag", "virt")
 
     def __init__(self, handle: RegionHandle, offset: int, size: int, virt: int, kind: str, *,
                  tag: int) -> None:
@@ -56,6 +58,7 @@ class Block:
         self.offset = offset
         self.size = size
         self.tag = tag  # the ledger's tag of this allocation (see Ledger.hold)
+        self.exports = 0  # open dma-buf exports (DmaBuf) of it in this process
         self.phys = handle.region.phys_addr + offset
         self.virt = virt
         self.kind = kind
@@ -315,6 +318,17 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         """
         return ShareHandle(self, self._live_block())
 
+    def export(self) -> DmaBuf:
+        """This buffer's allocation as a dma-buf descriptor (``.fd``), for V4L2
+        (``V4L2_MEMORY_DMABUF``), DRM PRIME or ``socket.send_fds``; a view exports the
+        whole allocation it belongs to. The dma-buf covers whole pages: the block is
+        grown in place to its page end first. Close it (``with``, ``close()``) before
+        freeing the buffer, and only after any device importer has let go of it;
+        :func:`pynq_alloc.from_dmabuf` gives another process of ours the buffer back.
+        """
+        block = self._live_block()
+        return export_dmabuf(block, block.cacheable)
+
     # -- cache maintenance --------------------------------------------------------------------
     def _sync(self, direction: int) -> None:
         block = self._live_block()
@@ -359,6 +373,12 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
                 "this array is not in DMA memory (a copy): there is nothing to free")
         if not self._owns:
             return
+        if block.exports:
+            raise InvalidArgumentError(
+                f"this buffer has {block.exports} open dma-buf export(s): a device or process "
+                f"that imported one may still use the memory. Close each export (DmaBuf."
+                f"close(), after the importer released it: e.g. VIDIOC_REQBUFS with count 0), "
+                f"then free the buffer")
         if self._finalizer is not None:
             self._finalizer.detach()
         block.freed = True

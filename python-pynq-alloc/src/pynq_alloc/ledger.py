@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .backends.udmabuf import RegionHandle
 
 _MAGIC = b"PYNQALC1"
-# 2: records carry the block's tag; HOLD, SEND, RECV and TOKEN records; FREE drops ``aux``
+# 2: records carry the block's tag; HOLD, SEND, RECV, TOKEN, GROW records; FREE drops ``aux``
 # holds (0 means one).
 # A ledger of another version is rebuilt when no process uses it, refused otherwise.
 _VERSION = 2
@@ -67,6 +67,7 @@ _HEADER_SPACE = 128
 # TOKEN: the transfer token)
 _RECORD = struct.Struct("<BxHIQQQ")
 _OP_ALLOC, _OP_FREE, _OP_BLOCK, _OP_HOLD, _OP_SEND, _OP_RECV, _OP_TOKEN = 1, 2, 3, 4, 5, 6, 7
+_OP_GROW = 8  # size: the block's new size (whole pages, for a dma-buf export)
 _SLOT_LOCK_BASE = 1 << 40  # far beyond any data: lock bytes never overlap records
 _MAX_SLOTS = 1 << 15
 _COMPACT_MIN_RECORDS = 4096
@@ -313,6 +314,10 @@ class Ledger:
                     if op == _OP_SEND:
                         self._add_hold(offset, slot, 1)
                     self._in_flight[aux] = (offset, slot)
+                elif op == _OP_GROW:
+                    if self._tags.get(offset) != tag:
+                        raise InvalidArgumentError(f"growth of {offset:#x}: no such block")
+                    self.pool.grow(offset, size)
                 elif op == _OP_RECV:
                     if self._in_flight.get(aux, (-1, 0))[0] != offset:
                         raise InvalidArgumentError(f"receipt of {offset:#x}: no such transfer")
@@ -449,7 +454,7 @@ class Ledger:
             self._release(outermost)
 
     def _check_alive(self, offset: int, size: int, tag: int) -> None:
-        if self._tags.get(offset) != tag or self.pool.block_size(offset) != size:
+        if self._tags.get(offset) != tag or (self.pool.block_size(offset) or 0) < size:
             raise BufferFreedError(
                 f"the shared buffer at offset {offset:#x} of region {self.region_name} was "
                 f"freed by every process that held it before this one took it: keep the "
@@ -483,6 +488,16 @@ class Ledger:
                 return
             self._add_hold(offset, self.slot, 1)
             self._append(_OP_HOLD, self.slot, offset, 0, 1, tag=tag)
+
+    def grow(self, offset: int, tag: int, new_size: int) -> None:
+        """Extend a live block of ours in place (to whole pages, before a dma-buf export
+        of it): refused with InvalidArgumentError when the bytes after it are in use."""
+        with self._locked():
+            if self._tags.get(offset) != tag:
+                raise BufferFreedError(f"no live block at offset {offset:#x} of "
+                                       f"{self.region_name} to grow")
+            self.pool.grow(offset, new_size)
+            self._append(_OP_GROW, self.slot, offset, new_size, 0, tag=tag)
 
     def in_flight(self) -> int:
         """Share handles pickled and not yet received (each holds its block)."""

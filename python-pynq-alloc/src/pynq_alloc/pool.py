@@ -141,6 +141,27 @@ class Pool:
         self._add_free(start, end - start)
         return size
 
+    def grow(self, offset: int, new_size: int) -> int:
+        """Extend the used block at ``offset`` in place to ``new_size`` bytes, out of the
+        free block right after it; returns that free block's start (what the ledger
+        records, so other processes replay the same change)."""
+        size = self._used.get(offset)
+        if size is None:
+            raise InvalidArgumentError(f"no allocated block starts at offset {offset:#x}")
+        end, extra = offset + size, new_size - size
+        free_size = self._free_by_start.get(end, 0) if extra > 0 else 0
+        if extra > 0 and free_size < extra:
+            raise InvalidArgumentError(
+                f"block [{offset:#x}, +{size:#x}) cannot grow to {new_size:#x} bytes: the "
+                f"next {extra} bytes are not free")
+        if extra > 0:
+            self._remove_free(end)
+            if free_size > extra:
+                self._add_free(end + extra, free_size - extra)
+            self._used[offset] = new_size
+            self.used_bytes += extra
+        return end
+
     # -- queries ----------------------------------------------------------------
     def round_size(self, size: int) -> int:
         """The size a request of ``size`` bytes really takes (whole granules)."""
