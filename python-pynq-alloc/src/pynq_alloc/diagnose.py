@@ -315,7 +315,8 @@ def diagnose(roots: Roots = Roots(), *, kernel: bool = True) -> Diagnosis:
     else:
         checks.append(Check(
             "regions", False, f"no u-dma-buf region under {roots.sysfs_class}",
-            "fix the findings above" if kernel else
+            "the driver makes one region per enabled u-dma-buf node (or udmabufN= module "
+            "parameter) when it loads: fix the findings above" if kernel else
             f"the simulator's files are missing: remove {os.path.dirname(roots.sysfs_class)} "
             f"or unset PYNQ_ALLOC_SIM_DIR"))
     checks += [check_device(roots, name, simulated=not kernel) for name in regions]
