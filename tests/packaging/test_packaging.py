@@ -59,7 +59,7 @@ def pyproject_version() -> str:
 def clean_copy(dest: Path) -> Path:
     """The package folder as a fresh clone has it (no caches, no earlier build)."""
     shutil.copytree(PKG, dest, ignore=shutil.ignore_patterns(
-        "__pycache__", "*.pyc", "build", "dist", "*.egg-info"))
+        "__pycache__", "*.pyc", "build", "dist", "*.egg-info", ".*_cache"))
     return dest
 
 
@@ -142,8 +142,10 @@ def test_wheel_ships_the_package_typed_with_its_command(built):
         names = set(zf.namelist())
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = zf.read(entry_points).decode()
-    sources = {p.relative_to(PKG / "src").as_posix() for p in (PKG / "src").rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts}
+    tracked = subprocess.run(["git", "ls-files", "-z", "src"], cwd=PKG, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    sources = {name.removeprefix("src/") for name in tracked if name}
+    assert "pynq_alloc/__init__.py" in sources
     assert sources <= names, sources - names
     assert re.search(r"^pynq-alloc\s*=\s*pynq_alloc\.cli:main$", scripts, re.M), scripts
 
