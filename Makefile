@@ -24,12 +24,36 @@ endef
 include $(sort $(wildcard mk/*.mk))
 
 .PHONY: help deps test run
+# Every .PHONY target of the Makefile and mk/*.mk is listed here (tests/packaging checks).
 help:
-	@echo "make run    the seed example and the on-target suite (see README.md)"
-	@echo "make test   every test: package, device tree, layer, QEMU target suite"
-	@echo "make bench  the benchmarks (ratios measured side by side)"
-	@echo "make lint   ruff + mypy --strict on the package"
-	@echo "per area:   $(TEST_TARGETS) run-sim qemu-udmabuf qemu-virt-dtb"
+	@echo "The two commands (README.md):"
+	@echo "  make run              the seed example and the on-target suite in QEMU arm64, short report"
+	@echo "  make test             every test: [$(TEST_TARGETS)]"
+	@echo "Package (python-pynq-alloc/, mk/python.mk):"
+	@echo "  make test-python      host tests under numpy 1.26 and 2.x (= test-python-np1 test-python-np2)"
+	@echo "  make test-python-np1  host tests under numpy 1.26 (venv .venv/np1)"
+	@echo "  make test-python-np2  host tests under numpy 2.x (venv .venv/np2)"
+	@echo "  make test-packaging   wheel + sdist with the newest and the Yocto series' backends; docs links"
+	@echo "  make lint             ruff + mypy --strict on the package"
+	@echo "  make bench            the benchmarks (ratios measured side by side)"
+	@echo "  make run-sim          the seed example on the simulator (no QEMU)"
+	@echo "Device tree (device-tree/, mk/devicetree.mk):"
+	@echo "  make test-devicetree  dtc, dt-schema, the QEMU overlay, the rule checks of pynq-alloc check-dtb"
+	@echo "  make qemu-virt-dtb    $(BUILD)/devicetree/virt.dtb, the DTB the QEMU harness boots"
+	@echo "Yocto layer (meta-pynq-alloc/, kas/, mk/layer.mk):"
+	@echo "  make test-layer       oelint-adv, kas schema, layer checks; bitbake -p/-g with POKY_DIR=..."
+	@echo "                        (its venv .venv/layer/ holds kas: .venv/layer/bin/kas build kas/qemuarm64.yml)"
+	@echo "QEMU arm64 harness (tests/qemu/, mk/qemu.mk):"
+	@echo "  make run-qemu         what make run runs: boot, seed example, target suite, report"
+	@echo "  make test-qemu        one boot running the target suite (tests/target/)"
+	@echo "  make qemu-image       build or reuse the kernel + initramfs cache ($(BUILD)/qemu/), no boot"
+	@echo "  make qemu-udmabuf UDMABUF_SRC=<u-dma-buf checkout>   cross-build u-dma-buf.ko for the guest"
+	@echo "  make qemu-clean       remove the QEMU cache ($(BUILD)/qemu/)"
+	@echo "Other:"
+	@echo "  make deps             install the Debian packages every target needs (only the missing ones)"
+	@echo "  make help             this list"
+	@echo "Variables: UDMABUF_KO=<u-dma-buf.ko> (make run/test-qemu with the driver), V=1 (guest console),"
+	@echo "  POKY_DIR / OE_CORE_DIR + BITBAKE_DIR (test-layer's bitbake checks); tests/qemu/README.md has more."
 
 # Debian packages every target needs; installed once, only the missing ones.
 deps:

@@ -5,8 +5,8 @@ NUMPY_np1 := numpy==1.26.*
 NUMPY_np2 := numpy>=2,<3
 APT_PACKAGES += python3 python3-venv strace
 
-TEST_TARGETS += lint test-python
-.PHONY: test-python test-python-np1 test-python-np2 lint bench run-sim
+TEST_TARGETS += lint test-python test-packaging
+.PHONY: test-python test-python-np1 test-python-np2 test-packaging lint bench run-sim
 
 # One venv per numpy major; remade when the package metadata or the tool list changes.
 $(VENV)/np%/.stamp: $(PKG)/pyproject.toml tests/python/requirements.txt | deps
@@ -27,8 +27,13 @@ test-python-np2: $(VENV)/np2/.stamp
 
 test-python: test-python-np1 test-python-np2
 
+# Wheel and sdist built with the newest backend from PyPI and with the versions the Yocto
+# series ship: licence metadata, contents, no warning (network: PyPI).
+test-packaging: $(VENV)/np2/.stamp
+	$(VENV)/np2/bin/python -m pytest -q -p no:cacheprovider tests/packaging
+
 lint: $(VENV)/np2/.stamp
-	$(VENV)/np2/bin/ruff check --config $(PKG)/pyproject.toml $(PKG)/src tests/python tests/bench
+	$(VENV)/np2/bin/ruff check --config $(PKG)/pyproject.toml $(PKG)/src tests/python tests/packaging tests/bench
 	cd $(PKG) && ../$(VENV)/np2/bin/mypy --strict src/pynq_alloc
 
 bench: $(VENV)/np2/.stamp

@@ -4,24 +4,25 @@ the layout the QEMU harness and the target tests rely on (CONTRACT: udmabuf0 =
 
 from __future__ import annotations
 
-import dtcheck
 import dttools
 import pytest
+from pynq_alloc import dtcheck
+from pynq_alloc.fdt import Fdt
 
 MiB = 1 << 20
 
 
-def node_paths(tree: dtcheck.Tree) -> set[str]:
+def node_paths(tree: Fdt) -> set[str]:
     return {path for _, path in tree.nodes()}
 
 
-def buffers(tree: dtcheck.Tree) -> dict[str, dict]:
+def buffers(tree: Fdt) -> dict[str, dict]:
     """device-name -> the u-dma-buf node's size, sync-mode and its region."""
     out = {}
     for offset, path in tree.nodes():
         if dtcheck.U_DMA_BUF not in tree.string_list(offset, "compatible"):
             continue
-        region = tree.fdt.node_offset_by_phandle(tree.cells(offset, "memory-region")[0])
+        region = tree.node_by_phandle(tree.cells(offset, "memory-region")[0])
         reg = dtcheck.split_entries(tree.cells(region, "reg"), 2, 2)[0]
         out[tree.string_list(offset, "device-name")[0]] = {
             "path": path,
@@ -41,7 +42,7 @@ def test_build_dtb_writes_a_flattened_tree(virt_dtb):
 
 
 def test_overlay_keeps_every_node_of_qemus_own_dtb(virt_dtb, fresh_qemu_dtb):
-    qemu, ours = dtcheck.Tree(fresh_qemu_dtb.read_bytes()), dtcheck.Tree(virt_dtb.read_bytes())
+    qemu, ours = Fdt(fresh_qemu_dtb.read_bytes()), Fdt(virt_dtb.read_bytes())
     assert node_paths(qemu) <= node_paths(ours)
     for prop in ("#address-cells", "#size-cells", "compatible"):
         assert qemu.prop(0, prop) == ours.prop(0, prop)
@@ -50,7 +51,7 @@ def test_overlay_keeps_every_node_of_qemus_own_dtb(virt_dtb, fresh_qemu_dtb):
 
 
 def test_overlay_adds_the_contract_layout(virt_dtb):
-    found = buffers(dtcheck.Tree(virt_dtb.read_bytes()))
+    found = buffers(Fdt(virt_dtb.read_bytes()))
     assert set(found) == {"udmabuf0", "udmabuf1"}
     assert found["udmabuf0"]["no-map"] and not found["udmabuf0"]["reusable"]
     assert found["udmabuf1"]["reusable"] and not found["udmabuf1"]["no-map"]
@@ -63,7 +64,7 @@ def test_overlay_adds_the_contract_layout(virt_dtb):
 
 
 def test_pools_sit_at_the_top_of_1g_of_ram(virt_dtb):
-    found = buffers(dtcheck.Tree(virt_dtb.read_bytes()))
+    found = buffers(Fdt(virt_dtb.read_bytes()))
     ram_end = 0x40000000 + (1 << 30)
     assert found["udmabuf0"]["base"] == ram_end - 16 * MiB == 0x7F000000
     assert found["udmabuf1"]["base"] == ram_end - 32 * MiB == 0x7E000000
@@ -77,7 +78,7 @@ def test_other_memory_sizes_keep_pools_in_ram_below_4g(tmp_path, memory, smp):
     )
     assert result.returncode == 0, result.stderr
     assert [str(p) for p in dtcheck.check(out.read_bytes())] == []
-    for node in buffers(dtcheck.Tree(out.read_bytes())).values():
+    for node in buffers(Fdt(out.read_bytes())).values():
         assert node["base"] + node["region-size"] <= 1 << 32
 
 

@@ -1,4 +1,4 @@
-"""dtcheck's rules hold on every tree we ship, and each one catches its breakage.
+"""pynq_alloc.dtcheck's rules (`pynq-alloc check-dtb`) hold on every tree we ship, and each one catches its breakage.
 
 Positive: the QEMU DTB (overlay on QEMU's own DTB) and every board tree break
 no rule. Negative: each file in broken/ breaks one rule on purpose; its
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-import dtcheck
 import dttools
 import pytest
 from conftest import BOARD_STUBS, GENERIC_CONFIGS
+from pynq_alloc import dtcheck
 
 BROKEN = sorted(dttools.BROKEN.glob("*.dts"))
 

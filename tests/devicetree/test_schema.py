@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dtcheck
 import dttools
 import libfdt
 import pytest
 from conftest import BOARD_STUBS, GENERIC_CONFIGS
+from pynq_alloc import dtcheck
+from pynq_alloc.fdt import Fdt
 
 BINDING = dttools.BINDINGS / "ikwzm,u-dma-buf.yaml"
 
@@ -27,21 +28,20 @@ def only_our_nodes(dtb: Path, out: Path) -> Path:
     """The tree with the root's children cut down to memory, /reserved-memory and
     u-dma-buf nodes (QEMU's own nodes are not ours to validate), root's
     interrupt-parent dropped with the controller it points at."""
-    tree = dtcheck.Tree(dtb.read_bytes())
-    fdt = tree.fdt
-    names = [tree.name(child) for child in tree.children(0)]
-    for name in names:
-        node = fdt.path_offset("/" + name)
+    tree = Fdt(dtb.read_bytes())
+    fdt = libfdt.Fdt(dtb.read_bytes())
+    for child in tree.children(0):
+        name = tree.name(child)
         keep = (
             name.startswith("memory@")
             or name == "reserved-memory"
-            or dtcheck.U_DMA_BUF in tree.string_list(node, "compatible")
+            or dtcheck.U_DMA_BUF in tree.string_list(child, "compatible")
         )
         if not keep:
-            fdt.del_node(node)
+            fdt.del_node(fdt.path_offset("/" + name))
     fdt.delprop(0, "interrupt-parent", quiet=(libfdt.NOTFOUND,))
     fdt.pack()
-    kept = dtcheck.Tree(bytes(fdt.as_bytearray()))
+    kept = Fdt(bytes(fdt.as_bytearray()))
     assert kept.path_offset("/reserved-memory") is not None
     assert any(dtcheck.U_DMA_BUF in kept.string_list(n, "compatible") for n, _ in kept.nodes())
     out.write_bytes(bytes(fdt.as_bytearray()))

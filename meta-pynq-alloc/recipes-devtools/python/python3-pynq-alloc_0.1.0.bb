@@ -8,7 +8,7 @@ DESCRIPTION = "pynq_alloc hands Python numpy arrays backed by device-tree \
                selftest, bench)."
 SECTION = "devel/python"
 LICENSE = "MIT"
-LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=10;endline=10;md5=7d995d69c29a01e73a161f8674ecfc0c"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=8d5adbffc2c3d0e44028388ed24ffdbd"
 
 # The package and its on-target tests come from the repository that holds
 # this layer (python-pynq-alloc/ and tests/target/), never from a copy.
@@ -23,7 +23,7 @@ SRC_URI = "file://python-pynq-alloc/ \
 PYNQ_ALLOC_SRCDIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 S = "${PYNQ_ALLOC_SRCDIR}/python-pynq-alloc"
 
-inherit python_setuptools_build_meta ptest
+inherit python_hatchling ptest
 
 CVE_PRODUCT = "pynq-alloc"
 

@@ -1,9 +1,9 @@
 """Rules that a DTB's DMA pools and u-dma-buf nodes must hold to boot and probe.
 
-`check(dtb)` reads a flattened device tree with pylibfdt and returns every
-broken rule as a `Problem` naming the node, so one test per rule can assert
-that good trees give none and that a tree broken on purpose gives exactly the
-expected one. Kernel facts behind the rules:
+`check(dtb)` reads a flattened device tree (with :mod:`pynq_alloc.fdt`, no C
+binding needed) and returns every broken rule as a `Problem` naming the node and
+the fix; `pynq-alloc check-dtb board.dtb` prints them. Kernel facts behind the
+rules:
 
 - /reserved-memory needs #address-cells/#size-cells equal to the root's and an
   empty `ranges` (of_reserved_mem reads child reg with the root's cells).
@@ -21,9 +21,8 @@ expected one. Kernel facts behind the rules:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
-import libfdt
+from .fdt import Fdt
 
 PAGE_SIZE = 4096
 CMA_ALIGNMENT = 4 << 20
@@ -74,51 +73,6 @@ class Region:
     reusable: bool
 
 
-class Tree:
-    """Read-only helpers over a libfdt.Fdt."""
-
-    def __init__(self, dtb: bytes) -> None:
-        self.fdt = libfdt.Fdt(dtb)
-
-    def nodes(self, offset: int = 0) -> Iterator[tuple[int, str]]:
-        """Every node below offset (inclusive), depth first, with its path."""
-        yield offset, self.fdt.get_path(offset)
-        for child in self.children(offset):
-            yield from self.nodes(child)
-
-    def children(self, offset: int) -> Iterator[int]:
-        child = self.fdt.first_subnode(offset, quiet=(libfdt.NOTFOUND,))
-        while child >= 0:
-            yield child
-            child = self.fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
-
-    def path_offset(self, path: str) -> int | None:
-        offset = self.fdt.path_offset(path, quiet=(libfdt.NOTFOUND,))
-        return offset if offset >= 0 else None
-
-    def prop(self, offset: int, name: str) -> bytes | None:
-        value = self.fdt.getprop(offset, name, quiet=(libfdt.NOTFOUND,))
-        return None if isinstance(value, int) else bytes(value)
-
-    def has(self, offset: int, name: str) -> bool:
-        return self.prop(offset, name) is not None
-
-    def cells(self, offset: int, name: str) -> list[int] | None:
-        raw = self.prop(offset, name)
-        if raw is None:
-            return None
-        return [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw) - len(raw) % 4, 4)]
-
-    def string_list(self, offset: int, name: str) -> list[str]:
-        raw = self.prop(offset, name)
-        if not raw:
-            return []
-        return [s.decode("ascii", "replace") for s in raw.rstrip(b"\0").split(b"\0")]
-
-    def name(self, offset: int) -> str:
-        return self.fdt.get_name(offset)
-
-
 def join_cells(cells: list[int]) -> int:
     value = 0
     for cell in cells:
@@ -159,10 +113,16 @@ def hexsize(value: int) -> str:
 
 
 def check(
-    dtb: bytes, *, page_size: int = PAGE_SIZE, cma_alignment: int = CMA_ALIGNMENT
+    dtb: bytes,
+    *,
+    page_size: int = PAGE_SIZE,
+    cma_alignment: int = CMA_ALIGNMENT,
+    source: str = "the DTB",
 ) -> list[Problem]:
-    """Every rule the tree breaks, in a stable order (empty list: all hold)."""
-    checker = _Checker(Tree(dtb), page_size, cma_alignment)
+    """Every rule the tree breaks, in a stable order (empty list: all hold).
+
+    Raises InvalidArgumentError (naming ``source``) when ``dtb`` is no valid DTB."""
+    checker = _Checker(Fdt(dtb, source), page_size, cma_alignment)
     checker.run()
     return checker.problems
 
@@ -170,7 +130,7 @@ def check(
 class _Checker:
     """One pass over one tree; collects Problems."""
 
-    def __init__(self, tree: Tree, page_size: int, cma_alignment: int) -> None:
+    def __init__(self, tree: Fdt, page_size: int, cma_alignment: int) -> None:
         self.tree = tree
         self.page_size = page_size
         self.cma_alignment = cma_alignment
@@ -207,7 +167,7 @@ class _Checker:
         for child in tree.children(0):
             if tree.string_list(child, "device_type") != ["memory"]:
                 continue
-            path = tree.fdt.get_path(child)
+            path = tree.path(child)
             cells = tree.cells(child, "reg") or []
             if not cells or len(cells) % (ac + sc):
                 self.fail(
@@ -270,7 +230,7 @@ class _Checker:
 
     def read_region(self, offset: int, ac: int, sc: int) -> Region | None:
         tree = self.tree
-        path = tree.fdt.get_path(offset)
+        path = tree.path(offset)
         no_map, reusable = tree.has(offset, "no-map"), tree.has(offset, "reusable")
         if no_map and reusable:
             self.fail(
@@ -364,16 +324,16 @@ class _Checker:
 
     def check_overlaps(self) -> None:
         static = sorted(
-            (r for r in self.regions.values() if r.base is not None), key=lambda r: r.base
+            (r.base, r.base + r.size, r.path) for r in self.regions.values() if r.base is not None
         )
-        for i, first in enumerate(static):
-            for second in static[i + 1 :]:
-                if second.base < first.base + first.size:
+        for i, (first_start, first_end, first_path) in enumerate(static):
+            for second_start, second_end, second_path in static[i + 1 :]:
+                if second_start < first_end:
                     self.fail(
-                        second.path,
+                        second_path,
                         "overlap",
-                        f"[{second.base:#x}, {second.base + second.size:#x}) overlaps {first.path} "
-                        f"[{first.base:#x}, {first.base + first.size:#x}): move one of them",
+                        f"[{second_start:#x}, {second_end:#x}) overlaps {first_path} "
+                        f"[{first_start:#x}, {first_end:#x}): move one of them",
                     )
 
     def check_u_dma_buf(self) -> None:
@@ -444,10 +404,8 @@ class _Checker:
             )
             if not phandles:
                 return None
-        target = tree.fdt.node_offset_by_phandle(
-            phandles[0], quiet=(libfdt.NOTFOUND, libfdt.BADPHANDLE)
-        )
-        if target < 0:
+        target = tree.node_by_phandle(phandles[0])
+        if target is None:
             self.fail(
                 path,
                 "memory-region",
@@ -461,7 +419,7 @@ class _Checker:
             self.fail(
                 path,
                 "memory-region",
-                f"memory-region points at {tree.fdt.get_path(target)}, "
+                f"memory-region points at {tree.path(target)}, "
                 "which is not a /reserved-memory region",
             )
             return None
