@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import (Recipe, RecipeError, git_pin, groupadd_params,  # noqa: E402
-                    install_recipe, module_files)
+from recipe import (Recipe, RecipeError, git_pin, groupadd_params, install_recipe,
+                    module_files)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -732,7 +732,8 @@ def clone_from_network(build: Path, url: str, rev: str) -> Path | None:
         proc = git("-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=10", "clone",
                    "--bare", "--quiet", url, str(mirror), timeout=GIT_TIMEOUT, check=False)
         ok = proc.returncode == 0
-        why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"
+        lines = proc.stderr.strip().splitlines()
+        why = lines[-1] if lines else f"rc {proc.returncode}"
     except subprocess.TimeoutExpired:
         ok, why = False, f"no answer within {GIT_TIMEOUT} s"
     if not ok:
@@ -789,7 +790,7 @@ def build_driver(build: Path, src_repo: Path, origin: str, abi_expected: str) ->
     into build/udmabuf/, built there, and the module cached by kernel ABI and
     commit."""
     recipe = layer_recipe(DRIVER_RECIPE_GLOB)
-    url, _, rev = git_pin(recipe)
+    _, _, rev = git_pin(recipe)
     tag = f" ({recipe.getVar('PN')} {recipe.getVar('PV')}, {recipe.path.relative_to(REPO)})" \
         if recipe.path.is_relative_to(REPO) else f" ({recipe.path})"
     work = build / "udmabuf/work"
@@ -873,8 +874,9 @@ def find_driver(build: Path, abi: str) -> Driver:
         cached = build_driver(build, mirror, url, abi)
     origin = (cached.parent / "origin").read_text().splitlines()[0] \
         if (cached.parent / "origin").exists() else "?"
+    shown = cached.parent.relative_to(REPO) if cached.is_relative_to(REPO) else cached.parent
     return Driver(cached, f"u-dma-buf {recipe.getVar('PV')} at {rev[:12]} (the layer's SRCREV), "
-                  f"built from {origin}, cached in {cached.parent.relative_to(build.parent.parent) if cached.is_relative_to(build.parent.parent) else cached.parent}")
+                  f"built from {origin}, cached in {shown}")
 
 
 # ---------------------------------------------------------------- boot
@@ -1122,6 +1124,10 @@ def report(build: Path, base: Path, con: Console, driver: Driver, args, elapsed:
         phases.append(f"kernel {t['init-start']:.1f} s")
     if udev:
         phases.append(f"udev trigger+settle {float(udev.group(1)):.1f} s")
+    cli_t = [guest_time({"x": n}, "x") for n in con.notes.get("cli-begin", [])[:1]
+             + con.notes.get("cli-end", [])[-1:]]
+    if len(cli_t) == 2 and None not in cli_t:
+        phases.append(f"pynq-alloc commands {cli_t[1] - cli_t[0]:.1f} s")  # type: ignore[operator]
     if t["suite-begin"] is not None and t["suite-end"] is not None:
         phases.append(f"ptest {t['suite-end'] - t['suite-begin']:.1f} s")
     if t["figures-begin"] is not None and t["figures-end"] is not None:
@@ -1210,8 +1216,9 @@ def main() -> int:
         return 0 if driver.ko else 1
     dtb = build_dtb(build, args.memory, args.smp, args.cpu)
     overlay = build_overlay(build, base, driver, "test" if args.mode == "image" else args.mode)
-    log(f"image ready in {time.monotonic() - t0:.1f} s: base {(base / 'base.cpio').stat().st_size >> 20}"
-        f" MiB + overlay {overlay.stat().st_size >> 20} MiB")
+    log(f"image ready in {time.monotonic() - t0:.1f} s: base "
+        f"{(base / 'base.cpio').stat().st_size >> 20} MiB + overlay "
+        f"{overlay.stat().st_size >> 20} MiB")
     if args.mode == "image":
         return 0
     rc = boot(build, base, overlay, dtb, driver, args)

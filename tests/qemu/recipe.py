@@ -185,7 +185,7 @@ class Recipe:
 
         def python(m: re.Match) -> str:
             try:
-                return str(eval(m.group(1), {"d": self, "bb": _Bb, "os": os}))  # noqa: S307
+                return str(eval(m.group(1), {"d": self, "bb": _Bb, "os": os}))
             except Exception as exc:  # the recipe's own inline python failed
                 raise RecipeError(f"{self.path}: inline python ${{@{m.group(1)}}}: {exc}") from exc
 

@@ -67,9 +67,11 @@ def sync_figures(region: Any) -> None:
                 to_dev, from_dev = encoded(offset, nbytes, TO_DEVICE), encoded(
                     offset, nbytes, FROM_DEVICE)
                 figure(f"flush {label} vs bare ioctl", best_us(buf.flush, number),
-                       best_us(lambda: fcntl.ioctl(fd, SET_SYNC_FOR_DEVICE, to_dev), number), "us")
+                       best_us(lambda c=to_dev: fcntl.ioctl(fd, SET_SYNC_FOR_DEVICE, c),
+                               number), "us")
                 figure(f"invalidate {label} vs bare ioctl", best_us(buf.invalidate, number),
-                       best_us(lambda: fcntl.ioctl(fd, SET_SYNC_FOR_CPU, from_dev), number), "us")
+                       best_us(lambda c=from_dev: fcntl.ioctl(fd, SET_SYNC_FOR_CPU, c),
+                               number), "us")
             finally:
                 buf.freebuffer()
     finally:
