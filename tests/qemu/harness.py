@@ -682,6 +682,10 @@ def driver_cache(build: Path, abi: str, rev: str) -> Path:
 def export_source(repo: Path, rev: str, tag: str, dest: Path) -> None:
     """The tree of commit `rev` of git repository `repo` (a checkout or a bare
     mirror) into dest, by `git archive`: nothing is written into repo."""
+    if git("rev-parse", "--git-dir", cwd=repo, check=False).returncode != 0:
+        die(f"UDMABUF_SRC={repo} is not a git checkout or mirror: the harness must check that "
+            f"it holds commit {rev[:12]}, the SRCREV the layer pins{tag}",
+            "give a clone of the driver's repository (git clone <the recipe's SRC_URI URL>)")
     kind = "bare mirror" if git("rev-parse", "--is-bare-repository", cwd=repo,
                                 check=False).stdout.strip() == "true" else "checkout"
     if git("cat-file", "-e", f"{rev}^{{commit}}", cwd=repo, check=False).returncode != 0:
