@@ -41,12 +41,12 @@ REPO = HERE.parent.parent
 DEBIAN_RELEASE = "bookworm"
 GUEST_PYTHON = "3.11"  # bookworm's python3; .pyc files are compiled on the host for it
 # Userland of the guest. The kernel comes from the linux-image-arm64 metapackage.
-# udev: the real systemd-udevd/udevadm that applies the layer's rule;
+# coreutils: see UNPACK_ONLY. udev: the real systemd-udevd/udevadm that applies the layer's rule;
 # systemd-standalone-tmpfiles: Debian's systemd-tmpfiles without the rest of systemd,
 # for the layer's tmpfiles.d entries; kmod: modprobe (modprobe.d options);
 # base-passwd: /etc/passwd and /etc/group as a Debian system starts with them.
 GUEST_PACKAGES = ["busybox-static", "python3", "python3-numpy", "python3-pytest", "udev",
-                  "systemd-standalone-tmpfiles", "kmod", "base-passwd"]
+                  "systemd-standalone-tmpfiles", "kmod", "base-passwd", "coreutils"]
 # Bump when the base stage's recipe changes in a way its inputs do not show.
 BASE_RECIPE = "5"
 MARK = "@@PYNQ-QEMU"
@@ -83,6 +83,10 @@ PRUNE = [
 ]
 # Pulled in by python3-minimal's dependency on dpkg; nothing in the guest runs them.
 UNPACK_SKIP = ("dpkg", "tar")
+# Packages of which the guest gets only some files. coreutils: only `install`,
+# which the image has (Yocto's busybox provides /usr/bin/install) and Debian's
+# busybox-static lacks; the layer's udev rule runs it. The rest stays busybox.
+UNPACK_ONLY = {"coreutils": ["usr/bin/install"]}
 
 
 def log(msg: str) -> None:
@@ -342,7 +346,7 @@ def compile_pyc(root: Path, dirs: list[str]) -> None:
 def build_base(build: Path, refresh: bool) -> Path:
     apt, sources = apt_for_base(build)
     key_inputs = sha(BASE_RECIPE, sources, " ".join(GUEST_PACKAGES), json.dumps(PRUNE),
-                     json.dumps(UNPACK_SKIP))
+                     json.dumps(UNPACK_SKIP), json.dumps(UNPACK_ONLY))
     stamp = build / "base-inputs"
     base = build / "base"
     # The resolved versions are part of the key; apt lists are refreshed only when
@@ -370,7 +374,16 @@ def build_base(build: Path, refresh: bool) -> Path:
     kdir.mkdir()
     log(f"unpacking {len(debs)} packages (dpkg -x)")
     for deb in debs:
-        if deb.name.split("_")[0] in UNPACK_SKIP:
+        pkg = deb.name.split("_")[0]
+        if pkg in UNPACK_SKIP:
+            continue
+        if pkg in UNPACK_ONLY:
+            part = base / f"unpack-{pkg}"
+            run(["dpkg-deb", "-x", str(deb), str(part)])
+            for rel in UNPACK_ONLY[pkg]:
+                (rootfs / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(part / rel, rootfs / rel)
+            shutil.rmtree(part)
             continue
         target = kdir if deb.name.startswith(kpkg + "_") else rootfs
         run(["dpkg-deb", "-x", str(deb), str(target)])
