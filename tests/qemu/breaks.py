@@ -110,8 +110,9 @@ def other_kernel_module(build: Path, tmp: Path) -> tuple[Path, str]:
     that disagrees, as it does for a module from another kernel build."""
     src = cached_module(build)
     abi = (build / "base/abi").read_text().strip()
-    if src is None:  # no driver here: any module of the guest's kernel package will do
-        src = next((build / f"base/kernel/lib/modules/{abi}/kernel").rglob("*.ko"))
+    if src is None:  # no driver here: a module of the guest's kernel that needs no other
+        src = next(p for p in sorted((build / f"base/kernel/lib/modules/{abi}/kernel").rglob(
+            "*.ko")) if b"depends=\0" in p.read_bytes())
     data = bytearray(src.read_bytes())
     offset, size = elf_section(bytes(data), "__versions")
     for entry in range(offset, offset + size, 64):  # struct modversion_info: u64 crc, name[56]

@@ -496,6 +496,9 @@ def module_closure(moddir: Path, names: list[str]) -> list[str]:
     """Paths (relative to moddir) of the modules `names` need, dependencies first,
     as modules.dep lists them."""
     deps: dict[str, list[str]] = {}
+    if not (moddir / "modules.dep").exists():  # made by the kernel package's postinst
+        run(["depmod", "-b", str(moddir.parent.parent.parent), moddir.name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for line in (moddir / "modules.dep").read_text().splitlines():
         mod, _, rest = line.partition(":")
         deps[mod] = rest.split()
