@@ -114,6 +114,13 @@ def other_kernel_module(build: Path, tmp: Path) -> tuple[Path, str]:
         src = next(p for p in sorted((build / f"base/kernel/lib/modules/{abi}/kernel").rglob(
             "*.ko")) if b"depends=\0" in p.read_bytes())
     data = bytearray(src.read_bytes())
+    # Debian signs its own modules; a changed one with the old signature would be
+    # refused for the signature ("Key was rejected by service"), not for the
+    # kernel build: drop it (module, signature, struct module_signature, magic).
+    magic = b"~Module signature appended~\n"
+    if data.endswith(magic):
+        sig_len, = struct.unpack_from(">I", data, len(data) - len(magic) - 4)
+        del data[len(data) - len(magic) - 12 - sig_len:]
     offset, size = elf_section(bytes(data), "__versions")
     for entry in range(offset, offset + size, 64):  # struct modversion_info: u64 crc, name[56]
         crc, = struct.unpack_from("<Q", data, entry)
