@@ -33,7 +33,7 @@ SET_SYNC_FOR_DEVICE = 0x40085506
 TO_DEVICE, FROM_DEVICE = 1, 2
 
 
-def best_us(fn: Callable[[], Any], number: int, repeat: int = 3) -> float:
+def best_us(fn: Callable[[], Any], number: int, repeat: int = 5) -> float:
     best = float("inf")
     gc.disable()
     try:
