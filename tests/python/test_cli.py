@@ -90,7 +90,8 @@ def test_bench_on_the_simulator_says_so(capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The banner comes before the benchmarks (which are not the subject here)."""
     ran: List[bool] = []
-    monkeypatch.setattr(cli, "cmd_bench", lambda backend, quick: ran.append(quick) or 0)
+    monkeypatch.setattr(cli, "cmd_bench",
+                        lambda backend, quick, strict: ran.append(quick) or 0)
     status, _, err = run_cli(capsys, "bench", "--quick", "--backend", "sim")
     assert status == 0 and ran == [True]
     assert "SIMULATOR" in err
