@@ -236,6 +236,14 @@ def test_placement_avoids_memreserve_and_static_regions(tmp_path):
     assert tree.path_offset("/reserved-memory/fw@7e000000") is not None
 
 
+def test_a_given_no_map_address_needs_only_page_alignment(tmp_path, fresh_qemu_dtb):
+    out = tmp_path / "out.dtb"
+    result = run_tool("--in", fresh_qemu_dtb, "--out", out, "--nomap", "16M@0x70001000")
+    assert result.returncode == 0, result.stderr
+    assert_clean(out)
+    assert pools(out)["udmabuf0"]["base"] == 0x70001000
+
+
 def test_32bit_board_gets_one_cell_addresses(tmp_path):
     board = small_board(tmp_path / "zynq.dtb", cells=1, memory="<0x0 0x40000000>")
     out = tmp_path / "out.dtb"
