@@ -43,7 +43,8 @@ def test_dkms_builds_the_module_for_debians_kernel_and_purge_removes_it(dkms_roo
     root.dpkg("-i", *root.copy_in(deb(DKMS)))
     seconds = time.monotonic() - started
     status = root.run("dkms", "status", MODULE).stdout
-    assert re.search(rf"{MODULE}/{re.escape(DRIVER_PV)}, {re.escape(kver)}, \S+: installed", status), status
+    installed = rf"{MODULE}/{re.escape(DRIVER_PV)}, {re.escape(kver)}, \S+: installed"
+    assert re.search(installed, status), status
     modules = built_modules(root, kver)
     assert modules == [f"lib/modules/{kver}/updates/dkms/{MODULE}.ko"], modules
     info = root.run("modinfo", "-k", kver, MODULE).stdout

@@ -105,7 +105,8 @@ def test_board_package_ships_the_dtb_tool_with_the_one_dtsi():
     assert files["usr/bin/pynq-alloc-dtb"] == b"-> ../share/pynq-alloc/device-tree/pynq-alloc-dtb"
     tool = files["usr/share/pynq-alloc/device-tree/pynq-alloc-dtb"]
     assert re.match(rb"#! ?/usr/bin/python3\n", tool)  # dh_python3 rewrote env python3
-    assert tool.split(b"\n", 1)[1] == (REPO / "device-tree/pynq-alloc-dtb").read_bytes().split(b"\n", 1)[1]
+    source = (REPO / "device-tree/pynq-alloc-dtb").read_bytes()
+    assert tool.split(b"\n", 1)[1] == source.split(b"\n", 1)[1]
     assert (files["usr/share/pynq-alloc/device-tree/include/pynq-alloc.dtsi"]
             == (REPO / "device-tree/include/pynq-alloc.dtsi").read_bytes())
 
@@ -125,7 +126,8 @@ def test_dkms_package_is_the_recipes_driver_with_a_dkms_conf():
     top = f"usr/src/u-dma-buf-{DRIVER_PV}"
     conf = files[f"{top}/dkms.conf"].decode()
     assert f'PACKAGE_VERSION="{DRIVER_PV}"' in conf
-    assert re.search(r'^MAKE\[0\]=".*KERNEL_SRC=\$\{kernel_source_dir\}.*CONFIG_U_DMA_BUF=m', conf, re.M)
+    make = r'^MAKE\[0\]=".*KERNEL_SRC=\$\{kernel_source_dir\}.*CONFIG_U_DMA_BUF=m'
+    assert re.search(make, conf, re.M)
     assert 'BUILT_MODULE_NAME[0]="u-dma-buf"' in conf
     assert re.search(rb'#define\s+DRIVER_VERSION\s+"' + re.escape(DRIVER_PV.encode()) + rb'"',
                      files[f"{top}/u-dma-buf.c"])

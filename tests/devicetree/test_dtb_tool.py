@@ -212,7 +212,8 @@ def test_board_automatic_placement_avoids_its_reserved_regions(tmp_path, stub):
 def test_kv260_pools_stay_below_the_pmu_firmware_region(tmp_path):
     stub = next(s for s in BOARD_STUBS if s.stem == "kv260")
     out = tmp_path / "kv260.dtb"
-    assert run_tool("--in", bare_board(stub, tmp_path), "--out", out, "--nomap", "16M").returncode == 0
+    result = run_tool("--in", bare_board(stub, tmp_path), "--out", out, "--nomap", "16M")
+    assert result.returncode == 0, result.stderr
     # RAM below 4 GiB ends at 0x80000000; pmu@7ff00000 takes its last MiB.
     assert pools(out)["udmabuf0"]["base"] == 0x7EE00000
 
