@@ -12,6 +12,7 @@ def test_a_missing_module_is_named_with_the_fixes_for_every_kind_of_image(
     message = no_region_message(DEFAULT_SYSFS_ROOT, module_dir=str(tmp_path / "absent"))
     assert "module is not loaded" in message
     assert "meta-pynq-alloc" in message and "modprobe u-dma-buf" in message  # our images
+    assert "u-dma-buf-dkms" in message and "pynq-alloc-board" in message  # Debian, Ubuntu
     assert "https://github.com/ikwzm/udmabuf" in message  # any other image
     assert "udmabuf0=16777216" in message and "cma=" in message  # no device-tree change
     assert "PYNQ_ALLOC_BACKEND=sim" in message
