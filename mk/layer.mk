@@ -1,7 +1,8 @@
 # Yocto layer (meta-pynq-alloc/) and kas files (kas/).
 #   make test-layer           (in make test) oelint-adv with zero findings, kas files
 #                             against kas's own schema, the udev rule, tmpfiles.d and
-#                             volatiles entries (real systemd-tmpfiles), layout rules,
+#                             volatiles entries (real systemd-tmpfiles), the board DTBs
+#                             the device-tree append makes (real cpp/dtc), layout rules,
 #                             the contract with the other areas
 #   make test-layer-bitbake   (not in make test: needs the OpenEmbedded git servers, or
 #                             mirrors in LAYER_GIT_PREMIRRORS) real bitbake on wrynose and
@@ -10,7 +11,7 @@
 #                             bitbake expands checked against the oeqa guards and docs.
 #                             As root, bitbake runs as BITBAKE_USER (default pynq-bitbake,
 #                             created if missing). About 10 minutes on 2 cores.
-APT_PACKAGES += python3 python3-venv systemd
+APT_PACKAGES += python3 python3-venv systemd cpp device-tree-compiler
 TEST_TARGETS += test-layer
 
 LAYER_VENV := $(VENV)/layer

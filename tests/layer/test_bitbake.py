@@ -192,3 +192,4 @@ def test_qemu_image_boots_the_dtb_the_recipe_deploys_with_its_memory(series):
         # runqemu reads QB_MEM as MiB and adds the "M" itself (mem=1024M, not 1GM)
         assert img["QB_MEM"] == "-m " + dtb["PYNQ_ALLOC_QEMU_MEMORY"]
         assert re.fullmatch(r"\d+", dtb["PYNQ_ALLOC_QEMU_MEMORY"])
+        assert img["IMAGE_LINGUAS"] == "" and not img["LINGUAS_INSTALL"].split(), img
