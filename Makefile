@@ -29,7 +29,7 @@ help:
 	@echo "make test   every test: package, device tree, layer, QEMU target suite"
 	@echo "make bench  the benchmarks (ratios measured side by side)"
 	@echo "make lint   ruff + mypy --strict on the package"
-	@echo "per area:   $(TEST_TARGETS) run-sim qemu-udmabuf qemu-virt-dtb"
+	@echo "per area:   $(TEST_TARGETS) run-sim qemu-udmabuf qemu-virt-dtb test-layer-bitbake"
 
 # Debian packages every target needs; installed once, only the missing ones.
 deps:
