@@ -2,8 +2,9 @@
 oelint-adv, kas files against kas's own schema, layer layout, and the contract with
 the other areas of the repository (python-pynq-alloc/, device-tree/, tests/target/).
 
-The bitbake checks (bitbake -p, bitbake -g) are in test_bitbake.py and run only
-when a checkout is given (POKY_DIR, or OE_CORE_DIR and BITBAKE_DIR)."""
+The bitbake checks (bitbake -p, bitbake -g, bitbake's own expansions) are in
+test_bitbake.py, run by `make test-layer-bitbake` (not part of make test); the udev
+rule, tmpfiles.d and volatiles entries are checked in test_udev_rules.py."""
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,9 @@ SERIES = ("scarthgap", "wrynose")
 RECIPES = sorted(LAYER.rglob("*.bb"))
 METADATA = sorted([*RECIPES, *LAYER.rglob("*.bbappend"), *LAYER.rglob("*.bbclass")])
 KAS_FILES = sorted(KAS_DIR.glob("*.yml"))
-KAS_MACHINE_FILES = [p for p in KAS_FILES
-                     if not p.name.endswith(".lock.yml") and p.name not in ("base.yml", "ptest.yml")]
+# machine files set `machine`; base.yml and the fragments (ptest.yml, ...) do not
+KAS_MACHINE_FILES = [p for p in KAS_FILES if not p.name.endswith(".lock.yml")
+                     and "machine" in (yaml.safe_load(p.read_text()) or {})]
 
 
 def rel(path: Path) -> str:
@@ -147,16 +149,34 @@ def test_recipe_has_lic_files_chksum(recipe):
 
 
 def local_source_dirs(recipe: Path) -> List[Path]:
-    """Where a recipe's file:// sources are: files/, <BPN>/ next to it, and the
-    repository root for the layer's recipes that fetch from it."""
+    """Where a recipe's file:// sources are: files/ and <BPN>/ next to it."""
     bpn = recipe.stem.split("_")[0]
-    dirs = [recipe.parent / "files", recipe.parent / bpn]
-    text = recipe.read_text()
-    if "PYNQ_ALLOC_REPO_DIR" in text:
-        dirs.append(REPO)
-        for m in re.finditer(r"file://([\w\-./]+)/", text):
-            dirs.append(REPO / m.group(1))
-    return dirs
+    return [recipe.parent / "files", recipe.parent / bpn]
+
+
+def pinned_srcrev() -> str:
+    return layer_conf()["PYNQ_ALLOC_SRCREV"]
+
+
+def git_show(commit: str, path: str) -> bytes:
+    """A file of this repository at COMMIT (what the pynq_alloc_source class fetches)."""
+    proc = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True)
+    assert proc.returncode == 0, \
+        f"{path} is not in commit {commit} of this repository (PYNQ_ALLOC_SRCREV in " \
+        f"meta-pynq-alloc/conf/layer.conf): {proc.stderr.decode().strip()}"
+    return proc.stdout
+
+
+def uses_pynq_alloc_source(recipe: Path) -> bool:
+    return bool(re.search(r"^inherit .*\bpynq_alloc_source\b", recipe.read_text(), re.M))
+
+
+def source_subdir(recipe: Path) -> str:
+    """S of a pynq_alloc_source recipe, relative to the repository root."""
+    s = assignments(recipe.read_text())["S"]
+    m = re.fullmatch(r"\$\{PYNQ_ALLOC_SRC\}/([\w\-./]+)", s)
+    assert m, f"{rel(recipe)}: S = {s}, expected ${{PYNQ_ALLOC_SRC}}/<folder of pynq-alloc>"
+    return m.group(1)
 
 
 def lic_files(recipe: Path) -> Iterator[Tuple[str, Dict[str, str]]]:
@@ -169,19 +189,26 @@ def lic_files(recipe: Path) -> Iterator[Tuple[str, Dict[str, str]]]:
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if not is_image(r)
                                     and "git://" not in r.read_text()], ids=rel)
 def test_lic_files_chksum_matches_the_file_it_names(recipe):
-    """The md5 in LIC_FILES_CHKSUM is that of the lines it names in the local file:
-    catches a licence header edited in device-tree/ or python-pynq-alloc/."""
+    """The md5 in LIC_FILES_CHKSUM is that of the lines it names: in the layer's
+    files/ for local sources, in the pinned commit for pynq-alloc's own sources."""
+    checked = 0
     for name, params in lic_files(recipe):
         if name.startswith("${COMMON_LICENSE_DIR}"):
             continue
-        candidates = [d / name for d in local_source_dirs(recipe) if (d / name).is_file()]
-        assert candidates, f"{rel(recipe)}: license file {name} not found"
-        lines = candidates[0].read_bytes().splitlines(keepends=True)
+        if uses_pynq_alloc_source(recipe):
+            data = git_show(pinned_srcrev(), f"{source_subdir(recipe)}/{name}")
+            where = f"{source_subdir(recipe)}/{name} at {pinned_srcrev()[:12]}"
+        else:
+            candidates = [d / name for d in local_source_dirs(recipe) if (d / name).is_file()]
+            assert candidates, f"{rel(recipe)}: license file {name} not found"
+            data, where = candidates[0].read_bytes(), rel(candidates[0])
+        lines = data.splitlines(keepends=True)
         begin = int(params.get("beginline", 1))
         end = int(params.get("endline", len(lines)))
         got = hashlib.md5(b"".join(lines[begin - 1:end])).hexdigest()
-        assert got == params["md5"], \
-            f"{rel(recipe)}: md5 of {rel(candidates[0])} lines {begin}-{end} is {got}"
+        assert got == params["md5"], f"{rel(recipe)}: md5 of {where} lines {begin}-{end} is {got}"
+        checked += 1
+    assert checked, f"{rel(recipe)}: LIC_FILES_CHKSUM names no file of the recipe's sources"
 
 
 def test_udmabuf_recipe_pins_the_v5_5_0_commit():
@@ -189,29 +216,86 @@ def test_udmabuf_recipe_pins_the_v5_5_0_commit():
     values = assignments(text)
     assert values["SRCREV"] == "15bcde3cb960321e99983e227aeacc5807888333"
     assert values["LICENSE"] == "BSD-2-Clause"
-    assert "CONFIG_U_DMA_BUF=m" in values["EXTRA_OEMAKE"]
+    # upstream's Makefile defaults CONFIG_U_DMA_BUF to m; module-base exports CROSS_COMPILE
+    assert "EXTRA_OEMAKE" not in values
 
 
-def test_patches_carry_upstream_status_and_signed_off_by():
+PATCH_HEADER_RULES = {
+    "Upstream-Status": re.compile(r"^Upstream-Status: (Pending|Submitted|Accepted|Backport|"
+                                  r"Denied|Inappropriate|Inactive-Upstream)", re.M),
+    "Signed-off-by": re.compile(r"^Signed-off-by: .+ <.+@.+>", re.M),
+}
+
+
+def patch_header_problems(text: str) -> List[str]:
+    """What the OE patch guidelines require of a patch header and TEXT lacks."""
+    header = text.split("\n---\n", 1)[0]
+    return [tag for tag, rule in PATCH_HEADER_RULES.items() if not rule.search(header)]
+
+
+def test_patch_header_check_rejects_a_patch_without_status_or_sign_off():
+    good = ("From 1 Mon Sep 17 00:00:00 2001\nSubject: [PATCH] fix\n\n"
+            "Upstream-Status: Pending\nSigned-off-by: A B <a@b.example>\n---\n x | 1 +\n")
+    assert patch_header_problems(good) == []
+    assert patch_header_problems(good.replace("Upstream-Status: Pending\n", "")) == \
+        ["Upstream-Status"]
+    assert patch_header_problems(good.replace("Signed-off-by", "Acked-by")) == ["Signed-off-by"]
+    # a status given only below the --- line (in the diff) does not count
+    assert patch_header_problems("Subject: x\n---\nUpstream-Status: Pending\n") == \
+        ["Upstream-Status", "Signed-off-by"]
+
+
+def test_every_patch_is_used_and_carries_upstream_status_and_signed_off_by():
     patches = sorted([*LAYER.rglob("*.patch"), *LAYER.rglob("*.diff")])
+    named = set()
+    for recipe in METADATA:
+        named.update(re.findall(r"file://([\w\-./]+\.(?:patch|diff))", recipe.read_text()))
+    for name in named:
+        assert any(p.name == Path(name).name for p in patches), f"SRC_URI names {name}: missing"
     for patch in patches:
-        header = patch.read_text(errors="replace").split("\n---\n", 1)[0]
-        assert re.search(r"^Upstream-Status: (Pending|Submitted|Accepted|Backport|Denied|"
-                         r"Inappropriate|Inactive-Upstream)", header, re.MULTILINE), \
-            f"{rel(patch)}: no Upstream-Status"
-        assert re.search(r"^Signed-off-by: .+ <.+@.+>", header, re.MULTILINE), \
-            f"{rel(patch)}: no Signed-off-by"
+        assert patch.name in {Path(n).name for n in named}, f"{rel(patch)}: named by no recipe"
+        problems = patch_header_problems(patch.read_text(errors="replace"))
+        assert not problems, f"{rel(patch)}: no {', '.join(problems)}"
 
 
 # --- contract with the other areas --------------------------------------------------
 
-def test_sources_fetched_from_the_repository_exist():
-    for recipe in METADATA:
-        text = recipe.read_text()
-        if "PYNQ_ALLOC_REPO_DIR" not in text:
-            continue
-        for m in re.finditer(r"file://([\w\-./]+/)(?=[\s\"\\])", text):
-            assert (REPO / m.group(1)).is_dir(), f"{rel(recipe)}: {m.group(1)} is not in the repo"
+def test_no_recipe_reaches_into_the_checkout_with_fileextrapaths():
+    for path in METADATA:
+        text = path.read_text()
+        assert "FILESEXTRAPATHS" not in text, f"{rel(path)}: fetch from the pinned commit instead"
+        assert not re.search(r"file://[\w\-./]+/(?=[\s\"\\])", text), \
+            f"{rel(path)}: a directory fetch pulls untracked files of the checkout"
+
+
+def test_pinned_srcrev_is_a_commit_of_this_repository_and_an_ancestor_of_head():
+    rev = pinned_srcrev()
+    assert re.fullmatch(r"[0-9a-f]{40}", rev), rev
+    proc = subprocess.run(["git", "merge-base", "--is-ancestor", rev, "HEAD"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, \
+        f"PYNQ_ALLOC_SRCREV {rev} is not in the history of HEAD ({proc.stderr.strip()}): " \
+        f"set it in meta-pynq-alloc/conf/layer.conf to a commit of this branch"
+
+
+def test_pinned_commit_holds_what_the_recipes_build():
+    rev = pinned_srcrev()
+    for path in ("python-pynq-alloc/pyproject.toml", "tests/target/conftest.py",
+                 "device-tree/qemu-virt/build-dtb", "device-tree/include/pynq-alloc.dtsi"):
+        git_show(rev, path)
+    bbappend = (LAYER / "dynamic-layers/xilinx/recipes-bsp/device-tree/"
+                "device-tree.bbappend").read_text()
+    for dtsi in re.findall(r'"((?:zynqmp|zynq7000)/[\w\-.]+\.dtsi)"', bbappend):
+        git_show(rev, f"device-tree/{dtsi}")
+
+
+def test_pinned_package_version_is_the_recipe_version():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    pinned = tomllib.loads(git_show(pinned_srcrev(), "python-pynq-alloc/pyproject.toml").decode())
+    assert python_recipe().stem.split("_")[1] == pinned["project"]["version"]
 
 
 def test_device_tree_files_the_layer_names_exist():
@@ -254,9 +338,10 @@ def test_python_recipe_uses_the_packages_pep517_backend():
     assert re.search(rf"^inherit .*\b{classes[backend]}\b", python_recipe().read_text(), re.M)
 
 
-def test_ptest_installs_the_target_suite_that_exists():
+def test_ptest_installs_the_target_suite_next_to_the_package():
     text = python_recipe().read_text()
-    assert "file://tests/target/" in text
+    assert source_subdir(python_recipe()) == "python-pynq-alloc"
+    assert "${S}/../tests/target" in text
     assert list((REPO / "tests/target").glob("test_*.py"))
     run_ptest = (LAYER / "recipes-devtools/python/python3-pynq-alloc/run-ptest").read_text()
     assert "pytest --automake" in run_ptest and "tests/target" in run_ptest
@@ -401,11 +486,89 @@ def test_kas_zynqmp_file_uses_scarthgap_with_meta_xilinx_and_meta_arm():
 
 # --- oeqa (testimage) ---------------------------------------------------------------
 
-def test_oeqa_case_compiles_and_is_in_the_ptest_images_test_suites():
-    case = LAYER / "lib/oeqa/runtime/cases/pynq_alloc.py"
-    compile(case.read_text(), str(case), "exec")
+OEQA_CASE = LAYER / "lib/oeqa/runtime/cases/pynq_alloc.py"
+PACKAGE_GUARDS = ("OEHasPackage", "OERequirePackage")
+
+
+def oeqa_tests() -> Dict[str, Dict[str, List[Any]]]:
+    """test method -> {decorator name: [its first argument, as a literal]}."""
+    tree = ast.parse(OEQA_CASE.read_text())
+    found: Dict[str, Dict[str, List[Any]]] = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+            if not fn.name.startswith("test"):
+                continue
+            decs: Dict[str, List[Any]] = {}
+            for dec in fn.decorator_list:
+                assert isinstance(dec, ast.Call), f"{fn.name}: bare decorator"
+                decs.setdefault(dec.func.id, []).append(ast.literal_eval(dec.args[0]))
+            found[f"{cls.name}.{fn.name}"] = decs
+    return found
+
+
+def image_install(image: str) -> Set[str]:
+    text = re.sub(r"\\\n", " ", (LAYER / f"recipes-core/images/{image}.bb").read_text())
+    inc = re.sub(r"\\\n", " ", (LAYER / "recipes-core/images/pynq-alloc-image.inc").read_text())
+    names: Set[str] = set()
+    for src in (inc, text):
+        for m in re.finditer(r'^IMAGE_INSTALL\s*\+?=\s*"([^"]*)"', src, re.M):
+            names.update(w for w in m.group(1).split() if not w.startswith("$"))
+    return names
+
+
+def layer_packages() -> Set[str]:
+    """Literal package names our recipes make: PN, and PN-ptest where ptest is
+    inherited (test_bitbake.py checks the same against bitbake's PACKAGES)."""
+    names: Set[str] = set()
+    for recipe in RECIPES:
+        if is_image(recipe):
+            continue
+        pn = recipe.stem.split("_")[0]
+        names.add(pn)
+        if re.search(r"^inherit .*\bptest\b", recipe.read_text(), re.M):
+            names.add(pn + "-ptest")
+    return names
+
+
+def test_oeqa_case_is_loaded_by_testimage_of_the_ptest_image():
     assert re.search(r"^addpylib \$\{LAYERDIR\}/lib oeqa$",
                      (LAYER / "conf/layer.conf").read_text(), re.MULTILINE)
     suites = assignments((LAYER / "recipes-core/images/pynq-alloc-image-ptest.bb")
                          .read_text())["TEST_SUITES"].split()
-    assert case.stem in suites
+    assert OEQA_CASE.stem in suites and "ssh" in suites
+
+
+def test_every_oeqa_case_is_guarded_by_a_package_the_ptest_image_installs():
+    """OEHasPackage skips (OERequirePackage fails) unless a guard's name is in the image
+    manifest, which holds real package names: our recipes' literal packages that the
+    image installs. kernel-module-u-dma-buf is not one (the module's package is named
+    kernel-module-u-dma-buf-<kernel version>): a guard naming it skips every case."""
+    installed = image_install("pynq-alloc-image-ptest") & layer_packages()
+    tests = oeqa_tests()
+    assert len(tests) >= 4, tests
+    for name, decs in tests.items():
+        guards = [pkg for d in PACKAGE_GUARDS for arg in decs.get(d, [])
+                  for pkg in ([arg] if isinstance(arg, str) else arg)]
+        assert guards, f"{name}: no {' or '.join(PACKAGE_GUARDS)}"
+        for pkg in guards:
+            assert pkg in installed, \
+                f"{name}: guard names {pkg}, not a package pynq-alloc-image-ptest installs " \
+                f"from this layer ({sorted(installed)})"
+
+
+def test_oeqa_dependencies_name_cases_that_exist():
+    tests = oeqa_tests()
+    for name, decs in tests.items():
+        for deps in decs.get("OETestDepends", []):
+            for dep in deps:
+                module, rest = dep.split(".", 1)
+                if module == OEQA_CASE.stem:
+                    assert rest in tests, f"{name} depends on {dep}, which does not exist"
+                else:
+                    assert dep == "ssh.SSHTest.test_ssh", f"{name}: unexpected dependency {dep}"
+
+
+def test_oeqa_case_checks_what_the_udev_rule_and_tmpfiles_promise():
+    text = OEQA_CASE.read_text()
+    for needle in ("root:dma 660", "root:dma 2770", "/run/pynq-alloc", "sync_mode"):
+        assert needle in text, needle

@@ -1,33 +1,27 @@
-# nooelint: oelint.var.bbclassextend,oelint.var.suggestedvar.BUGTRACKER,oelint.var.suggestedvar.CVE_PRODUCT
+# nooelint: oelint.var.mandatoryvar.HOMEPAGE,oelint.var.bbclassextend,oelint.var.suggestedvar.BUGTRACKER,oelint.var.suggestedvar.CVE_PRODUCT
 # (above: a DTB for one target machine, never native; part of pynq-alloc,
-# which has no public bug tracker yet and is no CVE product of its own)
+# which has no public home page or bug tracker yet and is no CVE product)
 SUMMARY = "QEMU virt device tree with the pynq-alloc DMA pools"
 DESCRIPTION = "QEMU's virt machine builds its device tree at run time, so \
                there is no source to patch: device-tree/qemu-virt/build-dtb \
                of pynq-alloc dumps the DTB of the exact machine runqemu starts \
-               (QB_MACHINE, QB_CPU, QB_SMP and PYNQ_ALLOC_QEMU_MEMORY) and \
+               (QB_MACHINE, QB_CPU, QB_SMP and PYNQ_ALLOC_QEMU_MEMORY MiB) and \
                applies the reserved-memory + u-dma-buf overlay; \
                pynq-alloc-image boots the result through QB_DTB."
-HOMEPAGE = "https://github.com/ikwzm/udmabuf"
 SECTION = "bsp"
 LICENSE = "GPL-2.0-only | MIT"
 LIC_FILES_CHKSUM = "file://qemu-virt/pynq-alloc-virt.dtso;beginline=1;endline=1;md5=ff274dff54b2141c2f26ec70953dd7c2"
 
 DEPENDS = "dtc-native qemu-system-native"
 
-# device-tree/ of the repository that holds this layer (sources and script).
-# nooelint: oelint.vars.fileextrapaths,oelint.vars.outofcontext
-FILESEXTRAPATHS:prepend := "${PYNQ_ALLOC_REPO_DIR}:"
-SRC_URI = "file://device-tree/"
+# device-tree/ (sources and script) of pynq-alloc's git repository at
+# PYNQ_ALLOC_SRCREV (the class adds it to SRC_URI).
+S = "${PYNQ_ALLOC_SRC}/device-tree"
 
-# Unpacked into UNPACKDIR on newer series, into WORKDIR on scarthgap.
-S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/device-tree"
-
-inherit deploy
+inherit pynq_alloc_source deploy
 
 COMPATIBLE_MACHINE = "^qemuarm64$"
 
-PYNQ_ALLOC_QEMU_DTB ?= "pynq-alloc-${MACHINE}.dtb"
 # "-smp 4" -> 4 (QEMU's default is 1 CPU when QB_SMP is empty)
 PYNQ_ALLOC_QEMU_SMP = "${@(d.getVar('QB_SMP') or '-smp 1').split()[-1]}"
 
@@ -39,7 +33,7 @@ do_compile() {
         --machine ${@d.getVar('QB_MACHINE').split()[-1]} \
         --cpu ${@d.getVar('QB_CPU').split()[-1]} \
         --smp ${PYNQ_ALLOC_QEMU_SMP} \
-        --memory ${PYNQ_ALLOC_QEMU_MEMORY} \
+        --memory ${PYNQ_ALLOC_QEMU_MEMORY}M \
         --out ${B}/${PYNQ_ALLOC_QEMU_DTB}
 }
 

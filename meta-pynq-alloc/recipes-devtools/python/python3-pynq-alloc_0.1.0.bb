@@ -1,5 +1,6 @@
-# nooelint: oelint.var.mandatoryvar.HOMEPAGE,oelint.var.suggestedvar.BUGTRACKER
-# (above: pynq-alloc has no public home page or bug tracker yet)
+# nooelint: oelint.var.mandatoryvar.HOMEPAGE,oelint.var.suggestedvar.BUGTRACKER,oelint.var.bbclassextend
+# (above: pynq-alloc has no public home page or bug tracker yet; no native or
+# nativesdk recipe needs the package: it drives a device of the target)
 SUMMARY = "PYNQ-style allocate(): physically contiguous DMA buffers as numpy arrays"
 DESCRIPTION = "pynq_alloc hands Python numpy arrays backed by device-tree \
                reserved, physically contiguous memory through the u-dma-buf \
@@ -10,26 +11,21 @@ SECTION = "devel/python"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=8d5adbffc2c3d0e44028388ed24ffdbd"
 
-# The package and its on-target tests come from the repository that holds
-# this layer (python-pynq-alloc/ and tests/target/), never from a copy.
-# nooelint: oelint.vars.fileextrapaths,oelint.vars.outofcontext
-FILESEXTRAPATHS:prepend := "${PYNQ_ALLOC_REPO_DIR}:"
-SRC_URI = "file://python-pynq-alloc/ \
-           file://tests/target/ \
-           file://run-ptest \
-           "
+SRC_URI = "file://run-ptest"
 
-# Unpacked into UNPACKDIR on newer series, into WORKDIR on scarthgap.
-PYNQ_ALLOC_SRCDIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
-S = "${PYNQ_ALLOC_SRCDIR}/python-pynq-alloc"
+# The package (python-pynq-alloc/) and the on-target suite (tests/target/)
+# from pynq-alloc's git repository at PYNQ_ALLOC_SRCREV (the class adds it to
+# SRC_URI). The suite is found next to S, so that externalsrc of the working
+# tree's python-pynq-alloc/ (kas/working-tree.yml) takes it from there too.
+S = "${PYNQ_ALLOC_SRC}/python-pynq-alloc"
 
-inherit python_hatchling ptest
+inherit pynq_alloc_source python_hatchling ptest
 
 CVE_PRODUCT = "pynq-alloc"
 
 do_install_ptest() {
     install -d ${D}${PTEST_PATH}/tests
-    cp -R --no-dereference --preserve=mode,links ${PYNQ_ALLOC_SRCDIR}/tests/target ${D}${PTEST_PATH}/tests/
+    cp -R --no-dereference --preserve=mode,links ${S}/../tests/target ${D}${PTEST_PATH}/tests/
     find ${D}${PTEST_PATH}/tests -name __pycache__ -prune -exec rm -rf {} \;
 }
 
@@ -47,5 +43,3 @@ RDEPENDS:${PN} += "python3-core \
 RDEPENDS:${PN}-ptest += "python3-pytest \
                          python3-unittest-automake-output \
                          "
-
-BBCLASSEXTEND = "native nativesdk"

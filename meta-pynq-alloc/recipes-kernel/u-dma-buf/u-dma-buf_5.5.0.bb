@@ -20,11 +20,10 @@ SRCREV = "15bcde3cb960321e99983e227aeacc5807888333"
 
 inherit module
 
-# The upstream Makefile builds nothing unless CONFIG_U_DMA_BUF is set, and
-# looks for the kernel tree in KERNEL_SRC (module.bbclass already passes it).
-# It derives ARCH (exported by kernel-arch.bbclass) and would guess
-# CROSS_COMPILE=aarch64-linux-gnu-: hand it the toolchain's prefix instead.
-EXTRA_OEMAKE += "CONFIG_U_DMA_BUF=m CROSS_COMPILE=${TARGET_PREFIX}"
+# Nothing to add to EXTRA_OEMAKE: the upstream Makefile defaults
+# CONFIG_U_DMA_BUF to m, takes the kernel tree from KERNEL_SRC (module.bbclass
+# passes it), ARCH from the environment (kernel-arch.bbclass exports it) and
+# only guesses CROSS_COMPILE when it is unset (module-base.bbclass exports it).
 
 CVE_PRODUCT = "u-dma-buf"
 
@@ -33,8 +32,9 @@ CVE_PRODUCT = "u-dma-buf"
 KERNEL_MODULE_AUTOLOAD += "u-dma-buf"
 
 # Machines without a u-dma-buf node in their device tree can still get
-# buffers from module parameters, written to /etc/modprobe.d/u-dma-buf.conf,
-# e.g. in local.conf: UDMABUF_MODULE_OPTIONS = "udmabuf0=0x1000000".
+# buffers from module parameters, written to ${modprobedir}/u-dma-buf.conf
+# (/usr/lib/modprobe.d with systemd, /etc/modprobe.d without), e.g. in
+# local.conf: UDMABUF_MODULE_OPTIONS = "udmabuf0=0x1000000".
 # Sizes are stored as 32 bit by the driver: keep each one below 4 GiB.
 UDMABUF_MODULE_OPTIONS ??= ""
 KERNEL_MODULE_PROBECONF += "u-dma-buf"
