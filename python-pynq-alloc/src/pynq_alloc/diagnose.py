@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 U_DMA_BUF_COMPATIBLE = b"ikwzm,u-dma-buf"
 #: The module's name in /proc/modules and /sys/module (dashes become underscores).
 MODULE_NAME = "u_dma_buf"
-#: The group meta-pynq-alloc's udev rule gives the devices and the ledger directory.
+#: The group meta-pynq-alloc's udev rule gives the devices (and its tmpfiles.d entry the
+#: ledger directory).
 DMA_GROUP = "dma"
 
 
@@ -270,7 +271,8 @@ def check_ledger_dir(roots: Roots) -> Check:
     path = roots.run_dir
     what = f"ledger directory {path}"
     create = (f"create it as root: `sudo install -d -m 2770 -g {DMA_GROUP} {path}` "
-              f"(meta-pynq-alloc's udev rule does it when the driver loads), or point "
+              f"(images with meta-pynq-alloc or the pynq-alloc-board package make "
+              f"it at boot: /usr/lib/tmpfiles.d/pynq-alloc.conf), or point "
               f"PYNQ_ALLOC_RUN_DIR at a directory every user of the regions may write")
     try:
         st = os.stat(path)

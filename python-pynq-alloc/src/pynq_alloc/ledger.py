@@ -597,8 +597,10 @@ def _ensure_dir(run_dir: str, gid: Optional[int]) -> None:
     except PermissionError as exc:
         raise DevicePermissionError(
             f"cannot create the ledger directory {run_dir}: {exc.strerror}. Create it once as "
-            f"root: `install -d -m 2770 -g dma {run_dir}` (meta-pynq-alloc's udev rule does "
-            f"it when the driver loads), or point PYNQ_ALLOC_RUN_DIR at a directory shared by "
-            f"every user of the regions.", exc.errno or errno.EACCES, run_dir) from exc
+            f"root: `install -d -m 2770 -g dma {run_dir}` (on images with meta-pynq-alloc "
+            f"or the pynq-alloc-board package, systemd-tmpfiles makes it at boot from "
+            f"/usr/lib/tmpfiles.d/pynq-alloc.conf), or point PYNQ_ALLOC_RUN_DIR at a "
+            f"directory shared by every user of the regions.",
+            exc.errno or errno.EACCES, run_dir) from exc
     except OSError as exc:
         raise device_error(exc, "cannot create the ledger directory", run_dir) from exc
