@@ -278,6 +278,27 @@ def test_pinned_srcrev_is_a_commit_of_this_repository_and_an_ancestor_of_head():
         f"set it in meta-pynq-alloc/conf/layer.conf to a commit of this branch"
 
 
+#: What the recipes fetch at PYNQ_ALLOC_SRCREV, and what this checkout's tests run.
+SHIPPED_FROM_THE_PIN = ("python-pynq-alloc", "tests/target", "device-tree")
+
+
+def test_pinned_commit_ships_what_this_checkout_tests():
+    """The host tests, the QEMU run and ptest use this checkout's package, target suite
+    and device tree; images build PYNQ_ALLOC_SRCREV's. Any difference is code that an
+    image would ship (or miss) and no test ran."""
+    rev = pinned_srcrev()
+    proc = subprocess.run(["git", "diff", "--name-only", rev, "HEAD", "--",
+                           *SHIPPED_FROM_THE_PIN], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    changed = proc.stdout.split()
+    last = subprocess.run(["git", "log", "-1", "--format=%H", "--", *SHIPPED_FROM_THE_PIN],
+                          cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert not changed, (
+        f"PYNQ_ALLOC_SRCREV {rev[:12]} (meta-pynq-alloc/conf/layer.conf) lacks {len(changed)} "
+        f"committed change(s) the tests ran, e.g. {changed[:3]}: set it to {last}, the "
+        f"last commit that touched {', '.join(SHIPPED_FROM_THE_PIN)}")
+
+
 def test_pinned_commit_holds_what_the_recipes_build():
     rev = pinned_srcrev()
     for path in ("python-pynq-alloc/pyproject.toml", "tests/target/conftest.py",
