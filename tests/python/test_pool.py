@@ -52,18 +52,38 @@ def test_out_of_memory_leaves_the_pool_unchanged() -> None:
     pool.check()
 
 
+def fits(pool: Pool, size: int, align: int) -> list:
+    """Brute force, independent of the pool's search: every free block that can hold
+    ``size`` bytes at a physical address aligned to ``align`` (ordered by start)."""
+    found = []
+    for start, free_size in sorted(pool.free_blocks()):
+        offset = start + (-(pool.base_address + start)) % align
+        if offset + size <= start + free_size:
+            found.append((start, offset))
+    return found
+
+
 def test_a_fit_beyond_the_scan_bound_is_still_found() -> None:
+    """The one fitting hole is in the request's own size class (4..8 KiB), behind more
+    than the bounded scan looks at of holes that are too small, and no larger class
+    has a free block: only the exhaustive pass finds it."""
     pool = Pool(1 << 20, 0)
-    # many free 4 KiB holes and one 8 KiB hole in the same size class (4..8 KiB)
-    offsets = [pool.allocate(4096, 4096) for _ in range(60)]
-    big = [pool.allocate(8192, 4096)]
-    fence = [pool.allocate(4096, 4096)]
-    pool.allocate(pool.stats().largest_free, 64)  # fill the tail
-    for offset in offsets[::2]:
+    hole = pool.allocate(7168, 64)  # class 4..8 KiB, fits 6144
+    fences = [pool.allocate(64, 64)]
+    small = []
+    for _ in range(20):  # 20 > the scan bound: 4 KiB holes, same class, too small
+        small.append(pool.allocate(4096, 64))
+        fences.append(pool.allocate(64, 64))
+    pool.allocate(pool.stats().largest_free, 64)  # fill the tail: no larger class
+    pool.release(hole)
+    for offset in small:
         pool.release(offset)
-    pool.release(big[0])
-    assert pool.allocate(6144, 4096) == big[0]
-    del fence
+    assert fits(pool, 6144, 64) == [(hole, hole)]
+    assert pool.allocate(6144, 64) == hole
+    assert fits(pool, 6144, 64) == []
+    with pytest.raises(OutOfMemoryError):
+        pool.allocate(6144, 64)
+    pool.check()
 
 
 @settings(max_examples=300, deadline=None)
@@ -78,7 +98,7 @@ def test_random_sequences_keep_every_invariant(ops: list, base: int) -> None:
             try:
                 offset = pool.allocate(size, align)
             except OutOfMemoryError:
-                assert pool.find(pool.round_size(size), align) is None
+                assert fits(pool, pool.round_size(size), max(align, pool.granule)) == []
                 continue
             assert (base + offset) % align == 0
             assert offset + size <= pool.size
