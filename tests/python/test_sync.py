@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from pynq_alloc import InvalidArgumentError, SyncError, allocate
@@ -53,22 +55,24 @@ def test_a_view_flushes_only_its_own_span(sim: Simulator, backend: UdmabufBacken
         assert spans(sim) == [expected]
 
 
-@pytest.mark.parametrize("dtype, index, lines", [
-    ("u1", slice(0, 65), (0, 128)),  # the last byte alone in the second line
-    ("u1", slice(63, 65), (0, 128)),  # two bytes, one each side of a line boundary
-    ("u1", slice(64, 129), (64, 128)),
-    ("<u4", slice(1, 17), (0, 128)),  # bytes 4..67: the last element all in the second line
-    ("<u8", slice(0, 9), (0, 128)),  # bytes 0..71
-    ("<u2", slice(0, 33, 32), (0, 128)),  # elements at bytes 0 and 64: ends at 66
-    ("u1", slice(128, 63, -1), (64, 128)),  # reversed: lowest byte 64, highest 128
-])
+@pytest.mark.parametrize("make_view, lines", [
+    (lambda b: b[0:65], (0, 128)),  # the last byte alone in the second line
+    (lambda b: b[63:65], (0, 128)),  # two bytes, one each side of a line boundary
+    (lambda b: b[64:129], (64, 128)),
+    (lambda b: b.view("<u4")[1:17], (0, 128)),  # bytes 4..67: last element in the 2nd line
+    (lambda b: b.view("<u8")[0:9], (0, 128)),  # bytes 0..71
+    (lambda b: b.view("<u2")[0:33:32], (0, 128)),  # elements at bytes 0 and 64: ends at 66
+    (lambda b: b[128:63:-1], (64, 128)),  # reversed: lowest byte 64, highest 128
+    (lambda b: b[62:66].view("<u4"), (0, 128)),  # one element straddling the boundary
+    (lambda b: b[58:66].view("<u4")[::-1], (0, 128)),  # ... last in memory, first in order
+], ids=["u1 65", "u1 63:65", "u1 64:129", "u4 1:17", "u8 0:9", "u2 step 32", "u1 reversed",
+        "unaligned u4", "unaligned u4 reversed"])
 def test_a_span_that_ends_past_a_line_boundary_syncs_that_line(
-        sim: Simulator, backend: UdmabufBackend, dtype: str, index: slice,
-        lines: tuple) -> None:
-    buf = allocate(256, "u1", cacheable=True, backend=backend).view(dtype)
+        sim: Simulator, backend: UdmabufBackend, make_view: Any, lines: tuple) -> None:
+    buf = allocate(256, "u1", cacheable=True, backend=backend)
     base = buf.device_address - BASE
     sim.clear_sync_requests()
-    buf[index].flush()
+    make_view(buf).flush()
     assert spans(sim) == [("sync_for_device", base + lines[0], lines[1], TO_DEVICE, True)]
 
 
