@@ -1,0 +1,130 @@
+"""mutmut's hook for `make mutate`: which mutants of the package are tried, and in which
+order the host tests run on each.
+
+Only the code that decides addresses, sync ranges and commands, pool placement and ledger
+ownership is mutated (SCOPE below). Error-message text (raise statements, warnings), the
+invariant checkers the tests call (Pool.check, Ledger.check) and everything else is
+skipped: a mutant there says nothing about those decisions. Each mutant first runs the
+tests of its own module, then the rest of the suite (pytest -x: the first failure
+kills it).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from typing import Any, Dict, Set
+
+SRC = "python-pynq-alloc/src/pynq_alloc/"
+
+#: file -> (names of module-level assignments, qualified function names); "*" = all
+SCOPE: Dict[str, Any] = {
+    SRC + "buffer.py": ((), ("Block.__init__", "Block.__del__", "Buffer.__array_finalize__",
+                              "Buffer._data_address", "Buffer._byte_span",
+                              "Buffer.device_address", "Buffer.physical_address",
+                              "Buffer._sync", "Buffer.flush", "Buffer.invalidate",
+                              "Buffer.sync_to_device", "Buffer.sync_from_device")),
+    SRC + "backends/udmabuf.py": (("U_DMA_BUF_IOCTL_SET_SYNC_FOR_CPU",
+                                   "U_DMA_BUF_IOCTL_SET_SYNC_FOR_DEVICE", "TO_DEVICE",
+                                   "FROM_DEVICE", "_MAX_SYNC_CHUNK", "_MAX_SYNC_OFFSET"),
+                                  ("encode_sync", "sync_commands", "RegionHandle.__init__",
+                                   "RegionHandle.sync", "RegionHandle._sync_ioctl",
+                                   "RegionHandle._sync_sysfs")),
+    SRC + "pool.py": ("*", "*"),
+    SRC + "ledger.py": ("*", "*"),
+    SRC + "allocate.py": ((), ("_check_align",)),
+}
+NOT_MUTATED = {"Pool.check", "Ledger.check", "Pool.out_of_memory", "Ledger._recover"}
+
+#: the tests that look hardest at each module run first
+FIRST = {
+    "buffer.py": ["test_sync.py", "test_ioctl.py", "test_views.py", "test_lifetime.py"],
+    "udmabuf.py": ["test_ioctl.py", "test_sync.py"],
+    "pool.py": ["test_pool.py", "test_allocate.py"],
+    "ledger.py": ["test_ledger.py", "test_many_processes.py", "test_bad_inputs.py"],
+    "allocate.py": ["test_allocate.py"],
+}
+
+_lines: Dict[str, Set[int]] = {}
+
+
+def _span(node: Any) -> Set[int]:
+    return set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+
+
+def _is_message(node: ast.AST) -> bool:
+    """A raise statement or a warnings.warn() call: error-message text."""
+    return isinstance(node, ast.Raise) or (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "warn")
+
+
+def _mutable_lines(path: str) -> Set[int]:
+    """1-based line numbers of ``path`` inside SCOPE, less messages and checkers."""
+    names, functions = SCOPE[path]
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    keep: Set[int] = set()
+    drop: Set[int] = set()
+    defs = [(node.name, node) for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    for name, node in list(defs):
+        if isinstance(node, ast.ClassDef):
+            defs += [(f"{name}.{inner.name}", inner) for inner in node.body
+                     if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for qualified, node in defs:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if qualified in NOT_MUTATED:
+                drop |= _span(node)
+            elif functions == "*" or qualified in functions:
+                keep |= _span(node)
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if names == "*" or any(isinstance(t, ast.Name) and t.id in names for t in targets):
+                keep |= _span(node)
+    for node in ast.walk(tree):
+        if _is_message(node):
+            drop |= _span(node)
+    return keep - drop
+
+
+def pre_mutation(context: Any) -> None:
+    path = os.path.relpath(context.filename)
+    if path not in SCOPE:
+        context.skip = True
+        return
+    if path not in _lines:
+        _lines[path] = _mutable_lines(path)
+    if context.current_line_index + 1 not in _lines[path]:
+        context.skip = True
+        return
+    first = [f"tests/python/{name}" for name in FIRST.get(os.path.basename(path), [])]
+    context.config.test_command = context.config._default_test_command.replace(
+        " tests/python", " " + " ".join([*first, "tests/python"]), 1)
+
+
+def score(cache: str) -> str:
+    """The score line of a finished run, from mutmut's cache (an SQLite file)."""
+    import sqlite3
+
+    with sqlite3.connect(cache) as db:
+        counts = dict(db.execute("SELECT status, COUNT(*) FROM Mutant GROUP BY status"))
+        survivors = db.execute(
+            "SELECT SourceFile.filename, Line.line_number + 1, Line.line, Mutant.id FROM Mutant "
+            "JOIN Line ON Mutant.line = Line.id JOIN SourceFile ON Line.sourcefile = "
+            "SourceFile.id WHERE Mutant.status IN ('bad_survived', 'bad_timeout') "
+            "ORDER BY SourceFile.filename, Line.line_number").fetchall()
+    killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0)
+    tried = killed + counts.get("bad_survived", 0) + counts.get("bad_timeout", 0)
+    lines = [f"mutation score: {killed} of {tried} mutants killed "
+             f"({100 * killed / max(tried, 1):.1f}%), {counts.get('skipped', 0)} out of scope"]
+    lines += [f"  survived #{mid}: {os.path.relpath(name)}:{number}: {text.strip()}"
+              for name, number, text, mid in survivors]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(score(sys.argv[1]))
