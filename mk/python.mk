@@ -47,7 +47,8 @@ run-sim: $(VENV)/np2/.stamp
 # and puts each back; its results stay in .mutmut-cache (`mutmut show <id>`).
 MUTMUT_VENV := $(VENV)/mutmut
 MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/ledger.py,$(PKG)/src/pynq_alloc/allocate.py
-MUTATE_EXAMPLES ?= 100
+MUTATE_EXAMPLES ?= 50
+MUTATE_SHARD ?=
 .PHONY: mutate
 $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/requirements.txt $(PKG)/pyproject.toml | deps
 	rm -rf $(MUTMUT_VENV)
@@ -59,7 +60,7 @@ $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/require
 mutate: $(MUTMUT_VENV)/.stamp
 	rm -f .mutmut-cache
 	mkdir -p $(BUILD)
-	PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
+	MUTATE_SHARD=$(MUTATE_SHARD) PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
 		--tests-dir tests/python --simple-output --no-progress \
 		--runner "env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --basetemp $(abspath $(BUILD))/mutate-tmp tests/python" \
 		|| true

@@ -1,5 +1,6 @@
 """mutmut's hook for `make mutate`: which mutants of the package are tried, and in which
-order the host tests run on each.
+order the host tests run on each. MUTATE_SHARD=k/n tries only the mutants on lines whose number is k
+modulo n, so that n runs in n checkouts share the work (`make mutate MUTATE_SHARD=0/2`).
 
 Only the code that decides addresses, sync ranges and commands, pool placement and ledger
 ownership is mutated (SCOPE below). Error-message text (raise statements, warnings), the
@@ -94,6 +95,12 @@ def pre_mutation(context: Any) -> None:
     if path not in SCOPE:
         context.skip = True
         return
+    shard = os.environ.get("MUTATE_SHARD")  # "k/n": only lines whose number % n == k
+    if shard:
+        k, n = map(int, shard.split("/"))
+        if context.current_line_index % n != k:
+            context.skip = True
+            return
     if path not in _lines:
         _lines[path] = _mutable_lines(path)
     if context.current_line_index + 1 not in _lines[path]:
@@ -104,27 +111,37 @@ def pre_mutation(context: Any) -> None:
         " tests/python", " " + " ".join([*first, "tests/python"]), 1)
 
 
-def score(cache: str) -> str:
-    """The score line of a finished run, from mutmut's cache (an SQLite file)."""
+def score(*caches: str) -> str:
+    """The score of finished runs, from mutmut's caches (SQLite files; with shards, one
+    per checkout: each mutant counts once, with the status of the run that tried it)."""
     import sqlite3
 
-    with sqlite3.connect(cache) as db:
-        counts = dict(db.execute("SELECT status, COUNT(*) FROM Mutant GROUP BY status"))
-        survivors = db.execute(
-            "SELECT SourceFile.filename, Line.line_number + 1, Line.line, Mutant.id FROM Mutant "
-            "JOIN Line ON Mutant.line = Line.id JOIN SourceFile ON Line.sourcefile = "
-            "SourceFile.id WHERE Mutant.status IN ('bad_survived', 'bad_timeout') "
-            "ORDER BY SourceFile.filename, Line.line_number").fetchall()
+    status: Dict[Any, str] = {}
+    for cache in caches:
+        with sqlite3.connect(cache) as db:
+            for name, number, text, index, state in db.execute(
+                    "SELECT SourceFile.filename, Line.line_number + 1, Line.line, "
+                    "Mutant.\"index\", Mutant.status FROM Mutant "
+                    "JOIN Line ON Mutant.line = Line.id "
+                    "JOIN SourceFile ON Line.sourcefile = SourceFile.id"):
+                key = (os.path.relpath(name), number, text, index)
+                if status.get(key) in (None, "untested", "skipped"):
+                    status[key] = state
+    counts: Dict[str, int] = {}
+    for state in status.values():
+        counts[state] = counts.get(state, 0) + 1
     killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0)
     tried = killed + counts.get("bad_survived", 0) + counts.get("bad_timeout", 0)
     lines = [f"mutation score: {killed} of {tried} mutants killed "
-             f"({100 * killed / max(tried, 1):.1f}%), {counts.get('skipped', 0)} out of scope"]
-    lines += [f"  survived #{mid}: {os.path.relpath(name)}:{number}: {text.strip()}"
-              for name, number, text, mid in survivors]
+             f"({100 * killed / max(tried, 1):.1f}%); {counts.get('skipped', 0)} out of scope, "
+             f"{counts.get('untested', 0)} not tried"]
+    lines += [f"  {state[4:]}: {name}:{number} (mutation {index}): {text.strip()}"
+              for (name, number, text, index), state in sorted(status.items())
+              if state in ("bad_survived", "bad_timeout")]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     import sys
 
-    print(score(sys.argv[1]))
+    print(score(*sys.argv[1:]))
