@@ -30,9 +30,11 @@ WORKER = textwrap.dedent("""
     from pynq_alloc import allocate, OutOfMemoryError
     from pynq_alloc.backends.udmabuf import UdmabufBackend
     backend = UdmabufBackend(*sys.argv[1:4])
-    seed, until = int(sys.argv[4]), float(sys.argv[5])
+    seed, seconds = int(sys.argv[4]), float(sys.argv[5])
     rng = random.Random(seed)
     log = open(sys.argv[6], "w", buffering=1)
+    print("READY", file=log)
+    until = time.monotonic() + seconds  # from now: a loaded machine may start us late
     held = []
     while time.monotonic() < until:
         if held and (len(held) > 12 or rng.random() < 0.45):
@@ -69,7 +71,7 @@ def read_log(path: str, killed_at: float) -> List[Tuple[int, int, float, float]]
     with open(path) as f:
         for line in f:
             parts = line.split()
-            if not line.endswith("\n") or parts[0] in ("DONE",):
+            if not line.endswith("\n") or parts[0] in ("DONE", "READY"):
                 continue
             assert parts[0] != "CORRUPT", f"{path}: a buffer's data was overwritten: {line}"
             if parts[2] == "F":
@@ -81,13 +83,32 @@ def read_log(path: str, killed_at: float) -> List[Tuple[int, int, float, float]]
     return lifetimes
 
 
+def first_line_is(path: str, text: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.readline() == text
+    except FileNotFoundError:
+        return False
+
+
+def wait_until_ready(logs: List[str], workers: List[subprocess.Popen]) -> None:
+    """Every worker has started (imports done, log open): on a loaded machine that can
+    take longer than the run itself, and a kill before it would test nothing."""
+    deadline = time.monotonic() + 120
+    for log, worker in zip(logs, workers):
+        while not first_line_is(log, "READY\n"):
+            assert worker.poll() is None, f"worker {log} exited before it started"
+            assert time.monotonic() < deadline, f"worker {log} did not start in 120 s"
+            time.sleep(0.02)
+
+
 def test_eight_processes_with_kills_never_overlap_and_leak_nothing(tmp_path: object) -> None:
     with Simulator([SimRegion("udmabuf0", 8 << 20, 0x7E000000)]) as sim:
-        until = time.monotonic() + SECONDS
         logs = [os.path.join(str(tmp_path), f"worker{i}.log") for i in range(WORKERS)]
         workers = [subprocess.Popen([sys.executable, "-c", WORKER, sim.sysfs_root, sim.dev_root,
-                                     sim.run_dir, str(i), str(until), logs[i]])
+                                     sim.run_dir, str(i), str(SECONDS), logs[i]])
                    for i in range(WORKERS)]
+        wait_until_ready(logs, workers)
         time.sleep(SECONDS / 2)
         kill_times = {}
         for worker in workers[:KILLED]:
