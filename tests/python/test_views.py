@@ -42,7 +42,8 @@ def test_reshape_and_dtype_views_share_the_address(backend: UdmabufBackend) -> N
     assert buf.view(np.uint16)[3:].device_address == buf.device_address + 6
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_slicings_address_every_element_correctly(
         backend: UdmabufBackend, data: st.DataObject) -> None:
