@@ -46,7 +46,7 @@ run-sim: $(VENV)/np2/.stamp
 # `make test`: run it whenever those modules change. mutmut edits the files in place
 # and puts each back; its results stay in .mutmut-cache (`mutmut show <id>`).
 MUTMUT_VENV := $(VENV)/mutmut
-MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/ledger.py,$(PKG)/src/pynq_alloc/allocate.py
+MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/allocate.py,$(PKG)/src/pynq_alloc/ledger.py
 MUTATE_EXAMPLES ?= 50
 MUTATE_SHARD ?=
 .PHONY: mutate
