@@ -63,10 +63,11 @@ def test_a_view_flushes_only_its_own_span(sim: Simulator, backend: UdmabufBacken
     (lambda b: b.view("<u8")[0:9], (0, 128)),  # bytes 0..71
     (lambda b: b.view("<u2")[0:33:32], (0, 128)),  # elements at bytes 0 and 64: ends at 66
     (lambda b: b[128:63:-1], (64, 128)),  # reversed: lowest byte 64, highest 128
+    (lambda b: b[100:62:-1], (0, 128)),  # reversed: the lowest byte alone in its line
     (lambda b: b[62:66].view("<u4"), (0, 128)),  # one element straddling the boundary
     (lambda b: b[58:66].view("<u4")[::-1], (0, 128)),  # ... last in memory, first in order
 ], ids=["u1 65", "u1 63:65", "u1 64:129", "u4 1:17", "u8 0:9", "u2 step 32", "u1 reversed",
-        "unaligned u4", "unaligned u4 reversed"])
+        "u1 reversed from 63", "unaligned u4", "unaligned u4 reversed"])
 def test_a_span_that_ends_past_a_line_boundary_syncs_that_line(
         sim: Simulator, backend: UdmabufBackend, make_view: Any, lines: tuple) -> None:
     buf = allocate(256, "u1", cacheable=True, backend=backend)
