@@ -11,6 +11,7 @@ with the kernel's ``_IOC`` layout, never taken from the package under test.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
 
@@ -179,3 +180,49 @@ def test_without_the_sync_ioctl_flushes_go_through_sysfs(region: SimRegion,
         assert [(r.channel, r.attr, r.offset, r.size, r.direction, r.valid)
                 for r in sim.sync_requests()] == [
             ("sysfs", "sync_for_cpu", buf.device_address - BASE, 128, 2, True)]
+
+
+def descriptors_of(paths: list) -> list:
+    """This process's open descriptors of any of ``paths`` (from /proc/self/fd)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") in paths:
+                found.append(int(name))
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    return found
+
+
+def test_the_sysfs_fallback_opens_each_sync_file_once_and_close_on_exec() -> None:
+    """One descriptor per sync file for the life of the handle (not one per flush), and
+    none leaks into programs this process starts."""
+    with Simulator([SimRegion("udmabuf0", 1 << 20, BASE, ioctl_version=0)],
+                   record_syncs=True) as sim:
+        paths = [sim.attr_path("udmabuf0", a) for a in ("sync_for_device", "sync_for_cpu")]
+        simulators = set(descriptors_of(paths))  # the recorder's own ends of the FIFOs
+        buf = allocate(100, "u1", cacheable=True, backend=sim.backend())
+        for _ in range(20):
+            buf.flush()
+            buf.invalidate()
+        mine = set(descriptors_of(paths)) - simulators
+        assert len(mine) == 2
+        assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in mine)
+
+
+@pytest.mark.parametrize("region", [
+    SimRegion("udmabuf0", 1 << 20, BASE),
+    SimRegion("udmabuf0", 1 << 20, BASE, ioctl_version=0),
+], ids=["ioctl", "sysfs"])
+def test_the_sync_call_counter_counts_what_the_driver_received(region: SimRegion) -> None:
+    """handle.sync_calls (read by the benchmark) is the number of system calls the
+    driver saw, from the handle's start."""
+    with Simulator([region], record_syncs=True) as sim:
+        backend = sim.backend()
+        buf = allocate(100, "u1", cacheable=True, backend=backend)
+        for _ in range(3):
+            buf.flush()
+        buf[:10].invalidate()
+        received = len(sim.sync_requests())
+        assert received >= 4
+        assert backend.handle(buf.region).sync_calls == received

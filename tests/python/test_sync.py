@@ -119,6 +119,11 @@ def test_sync_ranges_are_clipped_to_the_region_and_split_at_2_gib() -> None:
         encode_sync(0, 2 << 30, FROM_DEVICE), encode_sync(2 << 30, 1 << 30, FROM_DEVICE)]
     with pytest.raises(SyncError, match="32-bit offset"):
         sync_commands(5 << 30, 64, TO_DEVICE, 8 << 30)
+    # the last line below 4 GiB is expressible, the first one at 4 GiB is not
+    assert sync_commands((4 << 30) - 64, 64, TO_DEVICE, 8 << 30) == [
+        encode_sync((4 << 30) - 64, 64, TO_DEVICE)]
+    with pytest.raises(SyncError, match="32-bit offset"):
+        sync_commands(4 << 30, 64, TO_DEVICE, 8 << 30)
 
 
 @pytest.mark.parametrize("sync_mode, o_sync, kind", [
