@@ -226,3 +226,27 @@ def test_the_sync_call_counter_counts_what_the_driver_received(region: SimRegion
         received = len(sim.sync_requests())
         assert received >= 4
         assert backend.handle(buf.region).sync_calls == received
+
+
+def test_a_sync_past_2_gib_is_two_ioctls_and_covers_everything() -> None:
+    """One command's size field holds less than 4 GiB, so the backend splits at 2 GiB;
+    every part must reach the driver (the region file is sparse: nothing is written)."""
+    with Simulator([SimRegion("udmabuf0", 4 << 30, 0x1_0000_0000)], record_syncs=True) as sim:
+        backend = sim.backend()
+        handle = backend.handle(backend.region())
+        handle.sync(64, 3 << 30, 1)
+        assert [(c.request, c.errno) for c in sim.ioctl_calls()] == [(SET_SYNC_FOR_DEVICE, 0)] * 2
+        assert [(r.offset, r.size) for r in sim.sync_requests()] == [
+            (64, 2 << 30), (64 + (2 << 30), 1 << 30)]
+        handle.close()
+
+
+def test_a_region_is_mapped_once_per_process(backend: UdmabufBackend) -> None:
+    """Buffers of one region share one mapping: their virtual addresses are as far apart
+    as their device addresses."""
+    first = allocate(100, "u1", cacheable=True, backend=backend)
+    second = allocate(100, "u1", cacheable=True, backend=backend)
+    assert second.device_address != first.device_address
+    assert (second.virtual_address - first.virtual_address
+            == second.device_address - first.device_address)
+    assert backend.handle(first.region) is backend.handle(second.region)

@@ -83,7 +83,20 @@ def test_a_fit_beyond_the_scan_bound_is_still_found() -> None:
     assert fits(pool, 6144, 64) == []
     with pytest.raises(OutOfMemoryError):
         pool.allocate(6144, 64)
+    # what is left of the hole (1 KiB) is an exact fit, found by the same pass
+    assert pool.allocate(1024, 64) == hole + 6144
     pool.check()
+
+
+def test_stats_count_every_byte() -> None:
+    pool = Pool(1 << 20, 0)
+    a, b = pool.allocate(5000, 64), pool.allocate(100, 4096)
+    stats = pool.stats()
+    assert (stats.size, stats.used, stats.blocks) == (1 << 20, 5056 + 128, 2)
+    assert stats.free == (1 << 20) - 5056 - 128
+    pool.release(a)
+    pool.release(b)
+    assert pool.stats().free == pool.stats().largest_free == 1 << 20
 
 
 @settings(max_examples=300, deadline=None)
