@@ -127,3 +127,26 @@ def test_random_sequences_keep_every_invariant(ops: list, base: int) -> None:
     for offset in list(live):
         pool.release(offset)
     assert list(pool.free_blocks()) == [(0, pool.size)]
+
+
+@pytest.mark.parametrize("granule", [1, 2, 64, 4096])
+def test_any_power_of_two_granule_is_accepted(granule: int) -> None:
+    pool = Pool(1 << 16, 0, granule=granule)
+    offset = pool.allocate(1, granule)
+    assert pool.block_size(offset) == granule
+    pool.check()
+
+
+@pytest.mark.parametrize("granule", [0, -64, 3, 48, 96])
+def test_a_granule_that_is_not_a_power_of_two_is_refused(granule: int) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"granule {granule} is not a power of two"):
+        Pool(1 << 16, 0, granule=granule)
+
+
+def test_a_region_size_not_a_granule_multiple_is_cut_to_whole_granules() -> None:
+    pool = Pool(1000, 0, granule=64)
+    assert pool.size == 960
+    assert list(pool.free_blocks()) == [(0, 960)]
+    pool.allocate(960, 64)
+    with pytest.raises(OutOfMemoryError):
+        pool.allocate(1, 64)
