@@ -150,3 +150,16 @@ def test_a_region_size_not_a_granule_multiple_is_cut_to_whole_granules() -> None
     pool.allocate(960, 64)
     with pytest.raises(OutOfMemoryError):
         pool.allocate(1, 64)
+
+
+def test_a_request_takes_the_smallest_fitting_class_not_the_first_free_block() -> None:
+    """Segregated fit: a 4 KiB request goes into the 4 KiB hole, and the big free block
+    (first in the free lists, where an exhaustive first-fit would cut it) stays whole."""
+    pool = Pool(1 << 20, 0)
+    hole = pool.allocate(4096, 64)
+    pool.allocate(64, 64)  # keeps the hole from merging with the big block behind it
+    pool.release(hole)  # the big block entered the free lists first, the hole after it
+    big = pool.stats().largest_free
+    assert pool.allocate(4096, 64) == hole  # an exact fit, in its own class
+    assert pool.stats().largest_free == big
+    pool.check()
