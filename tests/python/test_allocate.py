@@ -98,3 +98,9 @@ def test_environment_selects_the_simulator(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(backends, "_backends", {})
     monkeypatch.setenv("PYNQ_ALLOC_BACKEND", "sim")
     assert allocate(4).region.name == "udmabuf0"
+
+
+@pytest.mark.parametrize("align", [1, 2, 64, 1 << 16])
+def test_any_power_of_two_alignment_is_accepted(backend: UdmabufBackend, align: int) -> None:
+    buf = allocate(10, "u1", align=align, backend=backend)
+    assert buf.device_address % align == 0
