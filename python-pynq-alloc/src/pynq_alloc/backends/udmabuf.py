@@ -387,6 +387,11 @@ class RegionHandle:
             self._ledger = None
 
 
+def _system_ioctl(fd: int, request: int, arg: bytes) -> Any:
+    # fcntl.ioctl looked up at each call, so that a test may wrap it (tests/target does)
+    return fcntl.ioctl(fd, request, arg)
+
+
 class UdmabufBackend:
     """Regions of the u-dma-buf driver under ``sysfs_root``, devices under ``dev_root``."""
 
@@ -399,7 +404,7 @@ class UdmabufBackend:
         self.dev_root = dev_root
         self.run_dir = run_dir
         #: ioctl(2) on a /dev/<name> descriptor; the simulator passes its emulation of the driver's
-        self.ioctl: Callable[[int, int, bytes], Any] = fcntl.ioctl if ioctl is None else ioctl
+        self.ioctl: Callable[[int, int, bytes], Any] = _system_ioctl if ioctl is None else ioctl
         self._regions: Optional[Dict[str, RegionInfo]] = None
         self._handles: Dict[str, RegionHandle] = {}
         self._lock = threading.Lock()
