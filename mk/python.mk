@@ -44,3 +44,32 @@ bench: $(VENV)/np2/.stamp
 run-sim: $(VENV)/np2/.stamp
 	@echo "make run: no QEMU harness here, so the seed example runs on the simulator (PYNQ_ALLOC_BACKEND=sim)"
 	PYNQ_ALLOC_BACKEND=sim $(VENV)/np2/bin/python examples/seed.py
+
+# Mutation testing of the code that decides addresses, sync ranges and commands, pool
+# placement and ledger ownership (scope and test order: tests/python/mutmut_config.py).
+# Slow (every mutant runs its module's host test files until the first failure), so not
+# part of `make test`: run it whenever those modules change. mutmut edits the files in
+# place and puts each back; its results stay in .mutmut-cache (`mutmut show <id>`, not
+# while a run is going). The runner's test list is only the baseline mutmut times (a
+# mutant running ten times as long is a timeout); each mutant runs its own list.
+MUTMUT_VENV := $(VENV)/mutmut
+MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/allocate.py,$(PKG)/src/pynq_alloc/ledger.py
+MUTATE_EXAMPLES ?= 50
+MUTATE_SHARD ?=
+.PHONY: mutate
+$(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/requirements.txt $(PKG)/pyproject.toml | deps
+	rm -rf $(MUTMUT_VENV)
+	$(PYTHON) -m venv $(MUTMUT_VENV)
+	$(MUTMUT_VENV)/bin/pip install -q --upgrade pip
+	$(MUTMUT_VENV)/bin/pip install -q -r tests/python/requirements-mutmut.txt -e $(PKG)
+	touch $@
+
+mutate: $(MUTMUT_VENV)/.stamp
+	rm -f .mutmut-cache
+	mkdir -p $(BUILD)
+	MUTATE_SHARD=$(MUTATE_SHARD) PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
+		--tests-dir tests/python --simple-output --no-progress \
+		--runner "env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --basetemp $(abspath $(BUILD))/mutate-tmp tests/python/test_pool.py tests/python/test_allocate.py" \
+		|| true
+	PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut results
+	@PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/python tests/python/mutmut_config.py .mutmut-cache

@@ -26,13 +26,17 @@ def test_seed_example_runs_verbatim(backend: UdmabufBackend) -> None:
 
 def test_data_lands_in_the_region_file_at_the_device_address(
         sim: Simulator, backend: UdmabufBackend) -> None:
-    allocate(3000, "u1", backend=backend)  # push the next buffer away from offset 0
+    pusher = allocate(3000, "u1", backend=backend)  # kept: the next buffer is not at offset 0
+    pusher[:] = 0xEE
     buf = allocate(16, "u2", backend=backend)
     buf[:] = np.arange(16) * 7
     buf.flush()
+    assert buf.device_address != pusher.device_address
     with open(sim.device_path("udmabuf0"), "rb") as f:
         f.seek(buf.device_address - 0x7E000000)
         assert np.array_equal(np.frombuffer(f.read(32), "<u2"), np.arange(16) * 7)
+        f.seek(pusher.device_address - 0x7E000000)
+        assert f.read(3000) == b"\xee" * 3000
 
 
 @pytest.mark.parametrize("shape, expected", [(7, (7,)), ((2, 3), (2, 3)), ([4, 1, 2], (4, 1, 2)),
@@ -63,9 +67,11 @@ def test_target_selects_the_region_by_name_or_object(backend: UdmabufBackend) ->
 
 def test_buffers_are_page_aligned_by_default_and_honour_align(backend: UdmabufBackend) -> None:
     import mmap
-    for _ in range(3):
-        assert allocate(10, "u1", backend=backend).device_address % mmap.PAGESIZE == 0
-    assert allocate(10, "u1", align=1 << 20, backend=backend).device_address % (1 << 20) == 0
+    keep = [allocate(10, "u1", backend=backend) for _ in range(3)]  # alive: each a new block
+    assert len({b.device_address for b in keep}) == 3
+    assert [b.device_address % mmap.PAGESIZE for b in keep] == [0, 0, 0]
+    keep.append(allocate(10, "u1", align=1 << 20, backend=backend))
+    assert keep[-1].device_address % (1 << 20) == 0 and keep[-1].device_address > 0x7E000000
 
 
 def test_out_of_memory_states_request_largest_free_block_and_region_size(
@@ -92,3 +98,9 @@ def test_environment_selects_the_simulator(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(backends, "_backends", {})
     monkeypatch.setenv("PYNQ_ALLOC_BACKEND", "sim")
     assert allocate(4).region.name == "udmabuf0"
+
+
+@pytest.mark.parametrize("align", [1, 2, 64, 1 << 16])
+def test_any_power_of_two_alignment_is_accepted(backend: UdmabufBackend, align: int) -> None:
+    buf = allocate(10, "u1", align=align, backend=backend)
+    assert buf.device_address % align == 0

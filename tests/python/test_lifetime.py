@@ -126,7 +126,11 @@ def test_plain_ndarrays_over_a_buffer_keep_it_alive(backend: UdmabufBackend) -> 
 
 
 def test_mapping_cannot_be_closed_under_live_buffers(backend: UdmabufBackend) -> None:
-    buf = allocate(8, backend=backend)
-    with pytest.raises(BufferError):
+    first, second = allocate(8, backend=backend), allocate(8, backend=backend)
+    with pytest.raises(BufferError, match="2 buffer"):
         backend.close()
-    del buf
+    del first
+    with pytest.raises(BufferError, match="1 buffer"):  # one still maps the region
+        backend.close()
+    del second
+    backend.close()  # the last one gone: closing is allowed

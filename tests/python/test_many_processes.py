@@ -33,8 +33,8 @@ WORKER = textwrap.dedent("""
     seed, seconds = int(sys.argv[4]), float(sys.argv[5])
     rng = random.Random(seed)
     log = open(sys.argv[6], "w", buffering=1)
-    print("READY", file=log)  # started: the parent's clock runs from here
-    until = time.monotonic() + seconds
+    print("READY", file=log)
+    until = time.monotonic() + seconds  # from now: a loaded machine may start us late
     held = []
     while time.monotonic() < until:
         if held and (len(held) > 12 or rng.random() < 0.45):
@@ -64,14 +64,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _started(path: str) -> bool:
-    try:
-        with open(path) as f:
-            return f.readline() == "READY\n"
-    except FileNotFoundError:
-        return False
-
-
 def read_log(path: str, killed_at: float) -> List[Tuple[int, int, float, float]]:
     """(address, size, start, end) of every block the worker logged."""
     blocks: Dict[int, Tuple[int, float]] = {}
@@ -91,18 +83,32 @@ def read_log(path: str, killed_at: float) -> List[Tuple[int, int, float, float]]
     return lifetimes
 
 
+def first_line_is(path: str, text: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.readline() == text
+    except FileNotFoundError:
+        return False
+
+
+def wait_until_ready(logs: List[str], workers: List[subprocess.Popen]) -> None:
+    """Every worker has started (imports done, log open): on a loaded machine that can
+    take longer than the run itself, and a kill before it would test nothing."""
+    deadline = time.monotonic() + 120
+    for log, worker in zip(logs, workers):
+        while not first_line_is(log, "READY\n"):
+            assert worker.poll() is None, f"worker {log} exited before it started"
+            assert time.monotonic() < deadline, f"worker {log} did not start in 120 s"
+            time.sleep(0.02)
+
+
 def test_eight_processes_with_kills_never_overlap_and_leak_nothing(tmp_path: object) -> None:
     with Simulator([SimRegion("udmabuf0", 8 << 20, 0x7E000000)]) as sim:
         logs = [os.path.join(str(tmp_path), f"worker{i}.log") for i in range(WORKERS)]
         workers = [subprocess.Popen([sys.executable, "-c", WORKER, sim.sysfs_root, sim.dev_root,
                                      sim.run_dir, str(i), str(SECONDS), logs[i]])
                    for i in range(WORKERS)]
-        # Interpreter start-up is slow on a loaded machine: the clock starts when all
-        # workers run, so the kills land in the middle of their work, never before it.
-        deadline = time.monotonic() + 120
-        while not all(_started(log) for log in logs):
-            assert time.monotonic() < deadline, "workers did not start within 120 s"
-            time.sleep(0.05)
+        wait_until_ready(logs, workers)
         time.sleep(SECONDS / 2)
         kill_times = {}
         for worker in workers[:KILLED]:

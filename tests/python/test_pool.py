@@ -52,18 +52,51 @@ def test_out_of_memory_leaves_the_pool_unchanged() -> None:
     pool.check()
 
 
+def fits(pool: Pool, size: int, align: int) -> list:
+    """Brute force, independent of the pool's search: every free block that can hold
+    ``size`` bytes at a physical address aligned to ``align`` (ordered by start)."""
+    found = []
+    for start, free_size in sorted(pool.free_blocks()):
+        offset = start + (-(pool.base_address + start)) % align
+        if offset + size <= start + free_size:
+            found.append((start, offset))
+    return found
+
+
 def test_a_fit_beyond_the_scan_bound_is_still_found() -> None:
+    """The one fitting hole is in the request's own size class (4..8 KiB), behind more
+    than the bounded scan looks at of holes that are too small, and no larger class
+    has a free block: only the exhaustive pass finds it."""
     pool = Pool(1 << 20, 0)
-    # many free 4 KiB holes and one 8 KiB hole in the same size class (4..8 KiB)
-    offsets = [pool.allocate(4096, 4096) for _ in range(60)]
-    big = [pool.allocate(8192, 4096)]
-    fence = [pool.allocate(4096, 4096)]
-    pool.allocate(pool.stats().largest_free, 64)  # fill the tail
-    for offset in offsets[::2]:
+    hole = pool.allocate(7168, 64)  # class 4..8 KiB, fits 6144
+    fences = [pool.allocate(64, 64)]
+    small = []
+    for _ in range(20):  # 20 > the scan bound: 4 KiB holes, same class, too small
+        small.append(pool.allocate(4096, 64))
+        fences.append(pool.allocate(64, 64))
+    pool.allocate(pool.stats().largest_free, 64)  # fill the tail: no larger class
+    pool.release(hole)
+    for offset in small:
         pool.release(offset)
-    pool.release(big[0])
-    assert pool.allocate(6144, 4096) == big[0]
-    del fence
+    assert fits(pool, 6144, 64) == [(hole, hole)]
+    assert pool.allocate(6144, 64) == hole
+    assert fits(pool, 6144, 64) == []
+    with pytest.raises(OutOfMemoryError):
+        pool.allocate(6144, 64)
+    # what is left of the hole (1 KiB) is an exact fit, found by the same pass
+    assert pool.allocate(1024, 64) == hole + 6144
+    pool.check()
+
+
+def test_stats_count_every_byte() -> None:
+    pool = Pool(1 << 20, 0)
+    a, b = pool.allocate(5000, 64), pool.allocate(100, 4096)
+    stats = pool.stats()
+    assert (stats.size, stats.used, stats.blocks) == (1 << 20, 5056 + 128, 2)
+    assert stats.free == (1 << 20) - 5056 - 128
+    pool.release(a)
+    pool.release(b)
+    assert pool.stats().free == pool.stats().largest_free == 1 << 20
 
 
 @settings(max_examples=300, deadline=None)
@@ -78,7 +111,7 @@ def test_random_sequences_keep_every_invariant(ops: list, base: int) -> None:
             try:
                 offset = pool.allocate(size, align)
             except OutOfMemoryError:
-                assert pool.find(pool.round_size(size), align) is None
+                assert fits(pool, pool.round_size(size), max(align, pool.granule)) == []
                 continue
             assert (base + offset) % align == 0
             assert offset + size <= pool.size
@@ -94,3 +127,39 @@ def test_random_sequences_keep_every_invariant(ops: list, base: int) -> None:
     for offset in list(live):
         pool.release(offset)
     assert list(pool.free_blocks()) == [(0, pool.size)]
+
+
+@pytest.mark.parametrize("granule", [1, 2, 64, 4096])
+def test_any_power_of_two_granule_is_accepted(granule: int) -> None:
+    pool = Pool(1 << 16, 0, granule=granule)
+    offset = pool.allocate(1, granule)
+    assert pool.block_size(offset) == granule
+    pool.check()
+
+
+@pytest.mark.parametrize("granule", [0, -64, 3, 48, 96])
+def test_a_granule_that_is_not_a_power_of_two_is_refused(granule: int) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"granule {granule} is not a power of two"):
+        Pool(1 << 16, 0, granule=granule)
+
+
+def test_a_region_size_not_a_granule_multiple_is_cut_to_whole_granules() -> None:
+    pool = Pool(1000, 0, granule=64)
+    assert pool.size == 960
+    assert list(pool.free_blocks()) == [(0, 960)]
+    pool.allocate(960, 64)
+    with pytest.raises(OutOfMemoryError):
+        pool.allocate(1, 64)
+
+
+def test_a_request_takes_the_smallest_fitting_class_not_the_first_free_block() -> None:
+    """Segregated fit: a 4 KiB request goes into the 4 KiB hole, and the big free block
+    (first in the free lists, where an exhaustive first-fit would cut it) stays whole."""
+    pool = Pool(1 << 20, 0)
+    hole = pool.allocate(4096, 64)
+    pool.allocate(64, 64)  # keeps the hole from merging with the big block behind it
+    pool.release(hole)  # the big block entered the free lists first, the hole after it
+    big = pool.stats().largest_free
+    assert pool.allocate(4096, 64) == hole  # an exact fit, in its own class
+    assert pool.stats().largest_free == big
+    pool.check()

@@ -3,6 +3,7 @@ tree reserved, and what `pynq-alloc info`/`selftest` say on the board."""
 from __future__ import annotations
 
 import json
+import mmap
 import shutil
 import subprocess
 import sys
@@ -60,10 +61,14 @@ def test_allocate_returns_addresses_inside_the_reserved_region(region: Any) -> N
 
 
 def test_allocate_honours_align_in_physical_addresses(region: Any) -> None:
+    # all alive at once: the second default-aligned block cannot sit at the region's start
     with pynq_alloc.allocate(100, "u1", target=region.name) as first, \
-            pynq_alloc.allocate(100, "u1", target=region.name, align=1 << 16) as second:
-        assert first.device_address % 4096 == 0  # default: page aligned
-        assert second.device_address % (1 << 16) == 0
+            pynq_alloc.allocate(100, "u1", target=region.name) as second, \
+            pynq_alloc.allocate(100, "u1", target=region.name, align=1 << 16) as third:
+        assert first.device_address != second.device_address
+        page = mmap.PAGESIZE
+        assert [first.device_address % page, second.device_address % page] == [0, 0]  # default
+        assert third.device_address % (1 << 16) == 0
 
 
 def test_freed_blocks_go_back_to_the_region(region: Any) -> None:

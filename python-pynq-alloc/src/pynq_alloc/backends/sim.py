@@ -7,38 +7,62 @@ formats, each ending in a newline) and a region file standing in for
 :class:`~pynq_alloc.backends.udmabuf.UdmabufBackend` pointed at them, so the
 code that runs on a board is the code under test on a host.
 
-Emulated faithfully:
+Emulated faithfully (u-dma-buf v5.5.0, ``u-dma-buf.c`` and ``u-dma-buf-ioctl.h``):
   * discovery, attribute names and formats (``phys_addr`` as ``0x`` + 16 hex
-    digits, ``size`` in decimal, ``dma_coherent``, ``sync_mode``, versions...);
+    digits, ``size`` in decimal, ``dma_coherent``, ``sync_mode``, versions...;
+    no ``ioctl_version`` file when the driver was built without ioctls);
   * the device's memory: a sparse file of the page-rounded size that every
     process maps ``MAP_SHARED`` (fresh memory reads as zero, as the driver's);
+  * the ioctls on ``/dev/<name>``: the backend's ``ioctl`` call is the
+    simulator's :meth:`Simulator.ioctl`, which decodes the request number as the
+    driver's ``switch`` does (the whole ``_IOC`` number: direction, size, type
+    ``'U'``, number; anything else is ENOTTY, as is every request when the
+    region says ``ioctl_version`` 0 or is built with ``ioctls=False``), reads
+    and writes the argument as ``copy_from_user``/``copy_to_user`` would
+    (EFAULT for an integer "pointer" or an argument shorter than the request's
+    size), decodes a sync command like ``udmabuf_sync_command_argments()``
+    and answers EINVAL where the range leaves the region. GET_DRV_INFO,
+    GET_SIZE, GET_DMA_ADDR, GET_SYNC_OWNER, GET_DEV_INFO, GET_SYNC, SET_SYNC and
+    SET_SYNC_FOR_CPU/DEVICE are emulated; EXPORT answers ENOTTY, as a driver
+    built without dma-buf export does;
   * the sysfs cache-sync files: with ``record_syncs=True`` ``sync_for_cpu`` and
     ``sync_for_device`` are FIFOs read by the simulator, which decodes each
-    command exactly as the driver does (``1`` = use the stored
-    ``sync_offset``/``sync_size``/``sync_direction``; otherwise the one-shot
-    encoding offset<<32 | size | direction<<2 | 1) and records it, flagging
-    requests the driver would refuse with EINVAL. Otherwise they lead to
-    ``/dev/null``.
+    write exactly as the driver does (``kstrtoull(..., 0)``, then ``1`` = use
+    the stored ``sync_offset``/``sync_size``/``sync_direction``, otherwise the
+    one-shot encoding offset<<32 | size | direction<<2 | 1) and records it,
+    flagging requests the driver would refuse with EINVAL. Otherwise they lead
+    to ``/dev/null``.
+
+With ``record_syncs=True`` every sync request, through either channel and from
+this process or a forked child, is recorded as a :class:`SyncRequest`, and every
+ioctl received as an :class:`IoctlCall` (with the errno it was answered with).
+A process that builds its own ``UdmabufBackend`` on the simulator's paths (a
+``subprocess``) has no ioctl emulation: its ioctls on the plain region file get
+the kernel's ENOTTY, so it syncs through the sysfs files, as with an old driver.
 
 Not emulated (checked on the real driver by the on-target suite in QEMU):
-  * ioctls: the region file is a plain file, on which every ioctl fails with
-    ENOTTY, so the backend takes its sysfs fallback here;
   * caching itself (O_SYNC, write-combine, Device memory): the file is always
     coherent memory, so cache-state bugs cannot show up on a host;
-  * the kernel's refusals: EACCES on read-only attributes for root, EINVAL
-    returned to the writer (it is recorded instead), MAP_PRIVATE's BUG().
+  * ``sync_owner`` changes after a sync, dma-buf export;
+  * the kernel's refusals on sysfs: EACCES on read-only attributes for root,
+    EINVAL returned to the writer of a sync file (it is recorded instead),
+    MAP_PRIVATE's BUG().
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import os
+import re
 import select
 import shutil
+import struct
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .._platform import PAGE_SIZE
 from .udmabuf import UdmabufBackend
@@ -59,6 +83,8 @@ class SimRegion:
     quirk_mmap_mode: int = 2
     driver_version: str = DRIVER_VERSION
     ioctl_version: int = IOCTL_VERSION
+    #: False: /dev/<name> answers every ioctl with ENOTTY (whatever ioctl_version says)
+    ioctls: bool = True
 
 
 #: udmabuf0 like the QEMU board's non-coherent pool; udmabuf1 above 4 GiB and
@@ -74,12 +100,92 @@ class SyncRequest:
     """One cache-sync command as the driver would have received it."""
 
     region: str
-    attr: str  # "sync_for_device" or "sync_for_cpu"
+    attr: str  # "sync_for_device" or "sync_for_cpu" (for an ioctl: the one it stands for)
     offset: int
     size: int
     direction: int  # 0 bidirectional, 1 to device, 2 from device
     raw: str
     valid: bool  # False where the driver answers EINVAL
+    channel: str = "sysfs"  # "sysfs" (a write to the attribute) or "ioctl"
+    request: int = 0  # the ioctl request number (0 for sysfs)
+
+
+@dataclass(frozen=True)
+class IoctlCall:
+    """One ioctl the simulated device received, and its answer (0 or an errno)."""
+
+    region: str
+    request: int
+    errno: int
+
+
+# The _IOC() layout of the kernel's asm-generic/ioctl.h (arm, arm64, x86, riscv):
+# number bits 0..7, type bits 8..15, argument size bits 16..29, direction bits 30..31.
+_IOC_WRITE, _IOC_READ = 1, 2
+_SIZE_BITS = 14
+_MAGIC = ord("U")
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_DRV_INFO = struct.Struct("<Q16s")
+_THREE_U64 = struct.Struct("<QQQ")  # dev_info {flags, size, addr}, sync_args {flags, size, offset}
+_EXPORT_SIZE = 40  # {u64 flags, size, offset, addr; int fd} padded to 8
+
+# Bits of the encoded sync command (driver: SYNC_COMMAND_*_MASK).
+_CMD_ARGUMENT_MASK = 0xFFFFFFFFFFFFFFFE
+_CMD_SIZE_MASK = 0x00000000FFFFFFF0
+_CMD_DIR_MASK = 0x000000000000000C
+_U64_MAX = (1 << 64) - 1
+_KSTRTOULL = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return direction << 30 | size << 16 | _MAGIC << 8 | nr
+
+
+# nr -> (name, direction, argument size) of every request in u-dma-buf-ioctl.h
+_REQUESTS: Dict[int, Tuple[str, int, int]] = {
+    1: ("GET_DRV_INFO", _IOC_READ, _DRV_INFO.size),
+    2: ("GET_SIZE", _IOC_READ, _U64.size),
+    3: ("GET_DMA_ADDR", _IOC_READ, _U64.size),
+    4: ("GET_SYNC_OWNER", _IOC_READ, _U32.size),
+    5: ("SET_SYNC_FOR_CPU", _IOC_WRITE, _U64.size),
+    6: ("SET_SYNC_FOR_DEVICE", _IOC_WRITE, _U64.size),
+    7: ("GET_DEV_INFO", _IOC_READ, _THREE_U64.size),
+    8: ("GET_SYNC", _IOC_READ, _THREE_U64.size),
+    9: ("SET_SYNC", _IOC_WRITE, _THREE_U64.size),
+    10: ("EXPORT", _IOC_READ | _IOC_WRITE, _EXPORT_SIZE),
+}
+_NAME_OF = {_ioc(d, nr, size): name for nr, (name, d, size) in _REQUESTS.items()}
+
+
+def _kstrtoull(text: str) -> Optional[int]:
+    """The kernel's kstrtoull(text, 0): 0x hex, 0 octal or decimal, at most 2**64 - 1."""
+    if _KSTRTOULL.fullmatch(text) is None:
+        return None
+    if text[:2] in ("0x", "0X"):
+        value = int(text, 16)
+    else:
+        value = int(text, 8) if text.startswith("0") else int(text)
+    return value if value <= _U64_MAX else None
+
+
+def decode_sync_command(command: int, stored: Callable[[], Tuple[int, int, int]],
+                        region_size: int) -> Optional[Tuple[int, int, int, bool]]:
+    """(offset, size, direction, valid) of a sync command, as udmabuf_sync_command_argments()
+    decodes it; None for 0, on which the driver syncs nothing.
+
+    Any bit but bit 0 set: the one-shot encoding; else (command 1) the stored fields.
+    Direction 1 is to the device, 2 from the device, anything else bidirectional (0).
+    The driver refuses offset + size > region size with EINVAL (valid False)."""
+    if command == 0:
+        return None
+    if command & _CMD_ARGUMENT_MASK:
+        offset, size = command >> 32, command & _CMD_SIZE_MASK
+        direction = (command & _CMD_DIR_MASK) >> 2
+    else:
+        offset, size, direction = stored()
+    return offset, size, direction if direction in (1, 2) else 0, offset + size <= region_size
 
 
 class Simulator:
@@ -96,13 +202,20 @@ class Simulator:
         self.regions = {r.name: r for r in regions}
         self.record_syncs = record_syncs
         self._requests: List[SyncRequest] = []
+        self._ioctl_calls: List[IoctlCall] = []
         self._lock = threading.Lock()
-        self._fifos: Dict[int, Tuple[str, str, bytearray]] = {}
+        # descriptor -> (region, attr or "ioctl", bytes read but not yet a whole line)
+        self._channels: Dict[int, Tuple[str, str, bytearray]] = {}
         self._keep_open: List[int] = []
         self._stop_r, self._stop_w = -1, -1
+        self._ioctl_log = -1  # write end of the pipe that carries ioctls to the reader
         self._thread: Optional[threading.Thread] = None
         for region in regions:
             self._lay_out(region)
+        self._devices: Dict[Tuple[int, int], SimRegion] = {}
+        for region in regions:
+            st = os.stat(self.device_path(region.name))
+            self._devices[(st.st_dev, st.st_ino)] = region
         if record_syncs:
             self._start_reader()
 
@@ -129,7 +242,6 @@ class Simulator:
         os.makedirs(self.dev_root, exist_ok=True)
         attrs = {
             "driver_version": region.driver_version,
-            "ioctl_version": str(region.ioctl_version),
             "phys_addr": f"0x{region.phys_addr:016x}",
             "size": str(region.size),
             "dma_coherent": str(int(region.coherent)),
@@ -141,6 +253,8 @@ class Simulator:
             "sync_owner": "0",
             "dev": f"238:{list(self.regions).index(region.name)}",
         }
+        if region.ioctl_version > 0:  # the driver has the attribute only when built with ioctls
+            attrs["ioctl_version"] = str(region.ioctl_version)
         for attr, value in attrs.items():
             self.write_attr(region.name, attr, value + "\n")
         for attr in ("sync_for_cpu", "sync_for_device"):
@@ -154,6 +268,103 @@ class Simulator:
             f.truncate(-(-region.size // PAGE_SIZE) * PAGE_SIZE)  # sparse: reads as zero
         os.chmod(device, 0o660)
 
+    def _stored(self, region: str, attr: str) -> int:
+        with open(self.attr_path(region, attr), encoding="ascii") as f:
+            return int(f.read().strip(), 0)
+
+    def _stored_sync(self, region: str) -> Tuple[int, int, int]:
+        return (self._stored(region, "sync_offset"), self._stored(region, "sync_size"),
+                self._stored(region, "sync_direction"))
+
+    # -- the ioctls of /dev/<name> -------------------------------------------------
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> Any:
+        """ioctl(2) as the driver answers it on the simulator's device files (any other
+        descriptor goes to the real ioctl); raises OSError with the driver's errno."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return fcntl.ioctl(fd, request, arg)
+        region = self._devices.get((st.st_dev, st.st_ino))
+        if region is None:
+            return fcntl.ioctl(fd, request, arg)
+        try:
+            result = self._answer(region, request, arg)
+        except OSError as exc:
+            self._log_ioctl(region.name, request, arg, exc.errno or 0)
+            raise
+        self._log_ioctl(region.name, request, arg, 0)
+        return result
+
+    def _answer(self, region: SimRegion, request: int, arg: Any) -> Any:
+        name = _NAME_OF.get(request) if region.ioctls and region.ioctl_version > 0 else None
+        if name is None or name == "EXPORT":
+            # The driver's switch knows none of it (wrong type, number, direction or size),
+            # has no ioctls at all (ioctl_version 0), or was built without dma-buf export.
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+        size = (request >> 16) & ((1 << _SIZE_BITS) - 1)
+        if isinstance(arg, int) or len(memoryview(arg).cast("B")) < size:
+            # An int is a pointer value, and these are no pointers into this process;
+            # a short buffer would make copy_from_user read past it.
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+        data = bytes(memoryview(arg).cast("B"))
+        reply: Optional[bytes] = None
+        if name == "GET_DRV_INFO":
+            reply = _DRV_INFO.pack(region.ioctl_version & 0xFF, DRIVER_VERSION.encode())
+        elif name == "GET_SIZE":
+            reply = _U64.pack(region.size)
+        elif name == "GET_DMA_ADDR":
+            reply = _U64.pack(region.phys_addr)
+        elif name == "GET_SYNC_OWNER":
+            reply = _U32.pack(self._stored(region.name, "sync_owner"))
+        elif name == "GET_DEV_INFO":
+            flags = 32 | int(region.coherent) << 9 | (region.quirk_mmap_mode & 7) << 10
+            reply = _THREE_U64.pack(flags, region.size, region.phys_addr)
+        elif name == "GET_SYNC":
+            offset, sync_size, direction = self._stored_sync(region.name)
+            flags = (direction & 3) << 2 | (self._stored(region.name, "sync_mode") & 0xFF) << 8 \
+                | (self._stored(region.name, "sync_owner") & 1) << 16
+            reply = _THREE_U64.pack(flags, sync_size, offset)
+        elif name == "SET_SYNC":
+            self._set_sync(region, *_THREE_U64.unpack_from(data))
+        else:  # SET_SYNC_FOR_CPU / SET_SYNC_FOR_DEVICE
+            (command,) = _U64.unpack_from(data)
+            decoded = decode_sync_command(command, lambda: self._stored_sync(region.name),
+                                          region.size)
+            if decoded is not None and not decoded[3]:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if reply is None:
+            return arg if isinstance(arg, bytes) else 0
+        if isinstance(arg, bytes):  # fcntl.ioctl returns a copy of the filled buffer
+            return reply + data[len(reply):]
+        memoryview(arg).cast("B")[:len(reply)] = reply  # a mutable buffer, filled in place
+        return 0
+
+    def _set_sync(self, region: SimRegion, flags: int, size: int, offset: int) -> None:
+        """SET_SYNC: store direction (0..2), mode (> 0), offset, size (> 0), then run
+        command 1 (for cpu) or 3 (for device) with the stored fields."""
+        direction, mode, command = (flags >> 2) & 3, (flags >> 8) & 0xFF, flags & 3
+        if direction <= 2:
+            self.write_attr(region.name, "sync_direction", f"{direction}\n")
+        if mode > 0:
+            self.write_attr(region.name, "sync_mode", f"{mode}\n")
+        self.write_attr(region.name, "sync_offset", f"{offset:#x}\n")
+        if size > 0:
+            self.write_attr(region.name, "sync_size", f"{size}\n")
+        if command in (1, 3):
+            stored = self._stored_sync(region.name)
+            if stored[0] + stored[1] > region.size:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    def _log_ioctl(self, region: str, request: int, arg: Any, answer: int) -> None:
+        if self._ioctl_log < 0:
+            return
+        command = b"-"
+        if _NAME_OF.get(request) in ("SET_SYNC_FOR_CPU", "SET_SYNC_FOR_DEVICE") \
+                and not isinstance(arg, int) and len(memoryview(arg).cast("B")) >= _U64.size:
+            command = b"%#x" % _U64.unpack_from(bytes(memoryview(arg).cast("B")))[0]
+        # one write of less than PIPE_BUF bytes: atomic, also from forked children
+        os.write(self._ioctl_log, b"%s %#x %s %d\n" % (region.encode(), request, command, answer))
+
     # -- recording sync commands ----------------------------------------------------
     def _start_reader(self) -> None:
         for region in self.regions:
@@ -162,14 +373,18 @@ class Simulator:
                 fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 # Our own writer end: the FIFO never reports EOF when writers come and go.
                 self._keep_open.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-                self._fifos[fd] = (region, attr, bytearray())
+                self._channels[fd] = (region, attr, bytearray())
+        log_r, self._ioctl_log = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(log_r, False)
+        self._channels[log_r] = ("", "ioctl", bytearray())
+        self._keep_open.append(self._ioctl_log)
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._reader, name="pynq-alloc-sim", daemon=True)
         self._thread.start()
 
     def _reader(self) -> None:
         poller = select.poll()  # not select(): descriptors may be numbered past 1023
-        for fd in [*self._fifos, self._stop_r]:
+        for fd in [*self._channels, self._stop_r]:
             poller.register(fd, select.POLLIN)
         while True:
             ready = [fd for fd, _ in poller.poll()]
@@ -179,7 +394,7 @@ class Simulator:
                 self._drain()
 
     def _drain(self) -> None:
-        for fd, (region, attr, pending) in self._fifos.items():
+        for fd, (region, attr, pending) in self._channels.items():
             while True:
                 try:
                     chunk = os.read(fd, 65536)
@@ -191,27 +406,40 @@ class Simulator:
             while b"\n" in pending:
                 line, _, rest = bytes(pending).partition(b"\n")
                 pending[:] = rest
-                self._requests.append(self._decode(region, attr, line.decode("ascii", "replace")))
+                text = line.decode("ascii", "replace")
+                if attr == "ioctl":
+                    self._record_ioctl(text)
+                else:
+                    request = self._decode(region, attr, text)
+                    if request is not None:
+                        self._requests.append(request)
 
-    def _stored(self, region: str, attr: str) -> int:
-        with open(self.attr_path(region, attr), encoding="ascii") as f:
-            return int(f.read().strip(), 0)
+    def _record_ioctl(self, line: str) -> None:
+        region, request_text, command_text, answer_text = line.split()
+        request, answer = int(request_text, 16), int(answer_text)
+        self._ioctl_calls.append(IoctlCall(region, request, answer))
+        name = _NAME_OF.get(request)
+        if name not in ("SET_SYNC_FOR_CPU", "SET_SYNC_FOR_DEVICE") \
+                or answer not in (0, errno.EINVAL):
+            return
+        command = int(command_text, 16)
+        decoded = decode_sync_command(command, lambda: self._stored_sync(region),
+                                      self.regions[region].size)
+        if decoded is not None:
+            attr = "sync_for_cpu" if name == "SET_SYNC_FOR_CPU" else "sync_for_device"
+            offset, size, direction, valid = decoded
+            self._requests.append(SyncRequest(region, attr, offset, size, direction,
+                                              command_text, valid, "ioctl", request))
 
-    def _decode(self, region: str, attr: str, text: str) -> SyncRequest:
-        size_limit = self.regions[region].size
-        try:
-            value = int(text.strip(), 0)  # the driver parses with kstrtoull(..., 0)
-        except ValueError:
+    def _decode(self, region: str, attr: str, text: str) -> Optional[SyncRequest]:
+        value = _kstrtoull(text)
+        if value is None:  # the driver's kstrtoull() answers EINVAL or ERANGE
             return SyncRequest(region, attr, 0, 0, 0, text, False)
-        if value == 1:
-            offset = self._stored(region, "sync_offset")
-            size = self._stored(region, "sync_size")
-            direction = self._stored(region, "sync_direction")
-        else:
-            offset, size, direction = value >> 32, value & 0xFFFFFFF0, (value >> 2) & 3
-        valid = bool(value & 1) and direction != 3 and offset + size <= size_limit
-        if value != 1 and direction == 3:
-            direction, valid = 0, bool(value & 1) and offset + size <= size_limit
+        decoded = decode_sync_command(value, lambda: self._stored_sync(region),
+                                      self.regions[region].size)
+        if decoded is None:
+            return None  # 0: the driver syncs nothing
+        offset, size, direction, valid = decoded
         return SyncRequest(region, attr, offset, size, direction, text, valid)
 
     def sync_requests(self) -> List[SyncRequest]:
@@ -221,25 +449,36 @@ class Simulator:
                 self._drain()
             return list(self._requests)
 
+    def ioctl_calls(self) -> List[IoctlCall]:
+        """Every ioctl the simulated devices received (``record_syncs=True`` only)."""
+        with self._lock:
+            if self.record_syncs:
+                self._drain()
+            return list(self._ioctl_calls)
+
     def clear_sync_requests(self) -> None:
+        """Forget the sync requests and ioctls recorded so far."""
         with self._lock:
             if self.record_syncs:
                 self._drain()
             self._requests.clear()
+            self._ioctl_calls.clear()
 
     # -- backend and lifetime ------------------------------------------------------------
     def backend(self) -> UdmabufBackend:
-        """A udmabuf backend that sees this simulator's files instead of the driver's."""
-        return UdmabufBackend(self.sysfs_root, self.dev_root, self.run_dir)
+        """A udmabuf backend that sees this simulator's files instead of the driver's,
+        its ioctls answered by :meth:`ioctl`."""
+        return UdmabufBackend(self.sysfs_root, self.dev_root, self.run_dir, ioctl=self.ioctl)
 
     def close(self) -> None:
         if self._thread is not None:
             os.write(self._stop_w, b"x")
             self._thread.join()
             self._thread = None
-            for fd in [*self._fifos, *self._keep_open, self._stop_r, self._stop_w]:
+            self._ioctl_log = -1
+            for fd in [*self._channels, *self._keep_open, self._stop_r, self._stop_w]:
                 os.close(fd)
-            self._fifos.clear()
+            self._channels.clear()
             self._keep_open.clear()
         if self._owns_root:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -15,7 +15,7 @@ import re
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -355,7 +355,7 @@ class RegionHandle:
                    else U_DMA_BUF_IOCTL_SET_SYNC_FOR_CPU)
         try:
             self.sync_calls += 1
-            fcntl.ioctl(self.device_fd(), request, struct.pack("<Q", command))
+            self.backend.ioctl(self.device_fd(), request, struct.pack("<Q", command))
         except OSError as exc:
             if exc.errno in (errno.ENOTTY, errno.ENOSYS, errno.EOPNOTSUPP):
                 # Not a u-dma-buf character device that knows this ioctl (an old driver,
@@ -426,16 +426,24 @@ class RegionHandle:
             self._ledger = None
 
 
+def _system_ioctl(fd: int, request: int, arg: bytes) -> Any:
+    # fcntl.ioctl looked up at each call, so that a test may wrap it (tests/target does)
+    return fcntl.ioctl(fd, request, arg)
+
+
 class UdmabufBackend:
     """Regions of the u-dma-buf driver under ``sysfs_root``, devices under ``dev_root``."""
 
     name = "udmabuf"
 
     def __init__(self, sysfs_root: str = DEFAULT_SYSFS_ROOT, dev_root: str = DEFAULT_DEV_ROOT,
-                 run_dir: str = DEFAULT_RUN_DIR) -> None:
+                 run_dir: str = DEFAULT_RUN_DIR,
+                 ioctl: Optional[Callable[[int, int, bytes], Any]] = None) -> None:
         self.sysfs_root = sysfs_root
         self.dev_root = dev_root
         self.run_dir = run_dir
+        #: ioctl(2) on a /dev/<name> descriptor; the simulator passes its emulation of the driver's
+        self.ioctl: Callable[[int, int, bytes], Any] = _system_ioctl if ioctl is None else ioctl
         self._regions: Optional[Dict[str, RegionInfo]] = None
         self._handles: Dict[str, RegionHandle] = {}
         self._lock = threading.Lock()

@@ -1,0 +1,153 @@
+"""mutmut's hook for `make mutate`: which mutants of the package are tried, and in which
+order the host tests run on each. MUTATE_SHARD=k/n tries only the mutants on lines whose number is k
+modulo n, so that n runs in n checkouts share the work (`make mutate MUTATE_SHARD=0/2`).
+
+Only the code that decides addresses, sync ranges and commands, pool placement and ledger
+ownership is mutated (SCOPE below). Error-message text (raise statements, warnings), the
+invariant checkers the tests call (Pool.check, Ledger.check) and everything else is
+skipped: a mutant there says nothing about those decisions. Each mutant runs the host
+test files that exercise its module (TESTS below).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from typing import Any, Dict, Set
+
+SRC = "python-pynq-alloc/src/pynq_alloc/"
+
+#: file -> (names of module-level assignments, qualified function names); "*" = all
+SCOPE: Dict[str, Any] = {
+    SRC + "buffer.py": ((), ("Block.__init__", "Block.__del__", "Buffer.__array_finalize__",
+                              "Buffer._data_address", "Buffer._byte_span",
+                              "Buffer.device_address", "Buffer.physical_address",
+                              "Buffer._sync", "Buffer.flush", "Buffer.invalidate",
+                              "Buffer.sync_to_device", "Buffer.sync_from_device")),
+    SRC + "backends/udmabuf.py": (("U_DMA_BUF_IOCTL_SET_SYNC_FOR_CPU",
+                                   "U_DMA_BUF_IOCTL_SET_SYNC_FOR_DEVICE", "TO_DEVICE",
+                                   "FROM_DEVICE", "_MAX_SYNC_CHUNK", "_MAX_SYNC_OFFSET"),
+                                  ("encode_sync", "sync_commands", "RegionHandle.__init__",
+                                   "RegionHandle.sync", "RegionHandle._sync_ioctl",
+                                   "RegionHandle._sync_sysfs")),
+    SRC + "pool.py": ("*", "*"),
+    SRC + "ledger.py": ("*", "*"),
+    SRC + "allocate.py": ((), ("_check_align",)),
+}
+NOT_MUTATED = {"Pool.check", "Ledger.check", "Pool.out_of_memory", "Ledger._recover"}
+
+#: the tests each module's mutants run (pytest -x: the first failure kills the mutant).
+#: The stateful test and the eight-process soak are left out: too slow to run hundreds
+#: of times, so a mutant only they would kill counts as a survivor here.
+TESTS = {
+    "buffer.py": ["test_sync.py", "test_ioctl.py", "test_views.py", "test_lifetime.py",
+                  "test_allocate.py", "test_bad_inputs.py"],
+    "udmabuf.py": ["test_ioctl.py", "test_sync.py", "test_backend.py", "test_bad_inputs.py",
+                   "test_allocate.py"],
+    "pool.py": ["test_pool.py", "test_allocate.py", "test_ledger.py", "test_bad_inputs.py"],
+    "ledger.py": ["test_ledger.py", "test_bad_inputs.py", "test_lifetime.py",
+                  "test_allocate.py", "test_backend.py"],
+    "allocate.py": ["test_allocate.py", "test_bad_inputs.py"],
+}
+
+_lines: Dict[str, Set[int]] = {}
+
+
+def _span(node: Any) -> Set[int]:
+    return set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+
+
+def _is_message(node: ast.AST) -> bool:
+    """A raise statement or a warnings.warn() call: error-message text."""
+    return isinstance(node, ast.Raise) or (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "warn")
+
+
+def _mutable_lines(path: str) -> Set[int]:
+    """1-based line numbers of ``path`` inside SCOPE, less messages and checkers."""
+    names, functions = SCOPE[path]
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    keep: Set[int] = set()
+    drop: Set[int] = set()
+    defs = [(node.name, node) for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    for name, node in list(defs):
+        if isinstance(node, ast.ClassDef):
+            defs += [(f"{name}.{inner.name}", inner) for inner in node.body
+                     if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for qualified, node in defs:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if qualified in NOT_MUTATED:
+                drop |= _span(node)
+            elif functions == "*" or qualified in functions:
+                keep |= _span(node)
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if names == "*" or any(isinstance(t, ast.Name) and t.id in names for t in targets):
+                keep |= _span(node)
+    for node in ast.walk(tree):
+        if _is_message(node):
+            drop |= _span(node)
+    return keep - drop
+
+
+def pre_mutation(context: Any) -> None:
+    path = os.path.relpath(context.filename)
+    if path not in SCOPE:
+        context.skip = True
+        return
+    shard = os.environ.get("MUTATE_SHARD")  # "k/n": only lines whose number % n == k
+    if shard:
+        k, n = map(int, shard.split("/"))
+        if context.current_line_index % n != k:
+            context.skip = True
+            return
+    if path not in _lines:
+        _lines[path] = _mutable_lines(path)
+    if context.current_line_index + 1 not in _lines[path]:
+        context.skip = True
+        return
+    tests = " ".join(f"tests/python/{name}" for name in TESTS[os.path.basename(path)])
+    # the runner's own test list (`make mutate` gives a short one: mutmut times it once
+    # and gives each mutant ten times as long before it counts as a timeout)
+    prefix = context.config._default_test_command.split(" tests/python", 1)[0]
+    context.config.test_command = f"{prefix} {tests}"
+
+
+def score(*caches: str) -> str:
+    """The score of finished runs, from mutmut's caches (SQLite files; with shards, one
+    per checkout: each mutant counts once, with the status of the run that tried it)."""
+    import sqlite3
+
+    status: Dict[Any, str] = {}
+    for cache in caches:
+        with sqlite3.connect(cache) as db:
+            for name, number, text, index, state in db.execute(
+                    "SELECT SourceFile.filename, Line.line_number + 1, Line.line, "
+                    "Mutant.\"index\", Mutant.status FROM Mutant "
+                    "JOIN Line ON Mutant.line = Line.id "
+                    "JOIN SourceFile ON Line.sourcefile = SourceFile.id"):
+                key = (os.path.relpath(name), number, text, index)
+                if status.get(key) in (None, "untested", "skipped"):
+                    status[key] = state
+    counts: Dict[str, int] = {}
+    for state in status.values():
+        counts[state] = counts.get(state, 0) + 1
+    killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0)
+    tried = killed + counts.get("bad_survived", 0) + counts.get("bad_timeout", 0)
+    lines = [f"mutation score: {killed} of {tried} mutants killed "
+             f"({100 * killed / max(tried, 1):.1f}%); {counts.get('skipped', 0)} out of scope, "
+             f"{counts.get('untested', 0)} not tried"]
+    lines += [f"  {state[4:]}: {name}:{number} (mutation {index}): {text.strip()}"
+              for (name, number, text, index), state in sorted(status.items())
+              if state in ("bad_survived", "bad_timeout")]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(score(*sys.argv[1:]))
