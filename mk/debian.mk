@@ -11,7 +11,7 @@
 #   make debs UDMABUF_SRC=<u-dma-buf clone or mirror>     (without it: the other two only)
 # The roots come from Debian's archive once (mmdebstrap, ~1.5 min; cached in build/debian/rootfs).
 APT_PACKAGES += dpkg-dev debhelper dh-dkms dh-python pybuild-plugin-pyproject python3-all \
-    python3-setuptools lintian mmdebstrap device-tree-compiler python3-venv
+    python3-hatchling lintian mmdebstrap device-tree-compiler python3-venv
 TEST_TARGETS += test-debian
 
 DEB_VENV := $(VENV)/debian
