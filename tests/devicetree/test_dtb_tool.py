@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import dtcheck
+import libfdt
+from pynq_alloc import dtcheck
+from pynq_alloc.fdt import Fdt
 import dttools
 import pytest
 from conftest import BOARD_STUBS
@@ -46,17 +48,17 @@ def small_board(path: Path, *, cells: int = 2, memory: str = "<0x0 0x40000000 0x
 
 def pools(dtb: Path) -> dict[str, dict]:
     """device-name -> the u-dma-buf node and its region, phandles resolved."""
-    tree = dtcheck.Tree(dtb.read_bytes())
+    tree = Fdt(dtb.read_bytes())
     cells = tree.cells(0, "#address-cells")[0]
     out = {}
     for offset, path in tree.nodes():
         if dtcheck.U_DMA_BUF not in tree.string_list(offset, "compatible"):
             continue
-        region = tree.fdt.node_offset_by_phandle(tree.cells(offset, "memory-region")[0])
+        region = tree.node_by_phandle(tree.cells(offset, "memory-region")[0])
         base, size = dtcheck.split_entries(tree.cells(region, "reg"), cells, cells)[0]
         out[tree.string_list(offset, "device-name")[0]] = {
             "node": path,
-            "region": tree.fdt.get_path(region),
+            "region": tree.path(region),
             "base": base,
             "region-size": size,
             "size": dtcheck.join_cells(tree.cells(offset, "size")),
@@ -202,7 +204,7 @@ def test_board_automatic_placement_avoids_its_reserved_regions(tmp_path, stub):
     assert_clean(out)  # includes: inside RAM, no overlap with the board's own regions
     found = pools(out)
     assert found["udmabuf0"]["base"] + 32 * MiB <= 4 * GiB
-    tree = dtcheck.Tree(bare.read_bytes())
+    tree = Fdt(bare.read_bytes())
     memory = next(o for o, p in tree.nodes() if p.startswith("/memory"))
     cells = tree.cells(0, "#address-cells")[0]
     ram_base = dtcheck.split_entries(tree.cells(memory, "reg"), cells, cells)[0][0]
@@ -232,8 +234,8 @@ def test_placement_avoids_memreserve_and_static_regions(tmp_path):
     found = pools(out)
     assert found["udmabuf0"]["base"] == 0x7D000000
     assert found["udmabuf1"]["base"] == 0x7C000000
-    tree = dtcheck.Tree(out.read_bytes())
-    assert tree.fdt.num_mem_rsv() == 1
+    tree = Fdt(out.read_bytes())
+    assert libfdt.Fdt(out.read_bytes()).num_mem_rsv() == 1
     assert tree.path_offset("/reserved-memory/fw@7e000000") is not None
 
 
