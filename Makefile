@@ -36,6 +36,7 @@ help:
 	@echo "  make test-packaging   wheel + sdist with the newest and the Yocto series' backends; docs links"
 	@echo "  make lint             ruff + mypy --strict on the package"
 	@echo "  make bench            the benchmarks (ratios measured side by side)"
+	@echo "  make mutate           mutation testing (mutmut) of the address, sync, pool and ledger code; slow, not in make test"
 	@echo "  make run-sim          the seed example on the simulator (no QEMU)"
 	@echo "Device tree (device-tree/, mk/devicetree.mk):"
 	@echo "  make test-devicetree  dtc, dt-schema, the QEMU overlay, the rule checks of pynq-alloc check-dtb"
