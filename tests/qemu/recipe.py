@@ -262,6 +262,11 @@ class Recipe:
                               f"{proc.stderr[-2000:]}")
 
 
+#: Classes whose do_install builds and installs a wheel: the harness installs the
+#: package from the checkout instead.
+PYTHON_BUILD_CLASSES = {"python_setuptools_build_meta", "python_hatchling", "python_pep517"}
+
+
 def install_recipe(recipe: Recipe, dest: Path, work: Path, ptest: bool = False) -> None:
     """do_unpack (local files) + do_install (+ ptest.bbclass's do_install_ptest_base
     when ptest) of `recipe` into dest. A python package's own do_install (a
@@ -271,7 +276,12 @@ def install_recipe(recipe: Recipe, dest: Path, work: Path, ptest: bool = False) 
     unpackdir.mkdir(parents=True)
     recipe.unpack_local(unpackdir)
     dest.mkdir(parents=True, exist_ok=True)
-    if "python_setuptools_build_meta" not in recipe.inherits:
+    if "pynq_alloc_source" in recipe.inherits:
+        # The class fetches this repository at PYNQ_ALLOC_SRCREV into PYNQ_ALLOC_SRC; the
+        # checkout stands in for it (tests/layer holds the pin to the checkout's
+        # python-pynq-alloc/, tests/target/ and device-tree/).
+        recipe.vars["PYNQ_ALLOC_SRC"] = str(Path(__file__).resolve().parents[2])
+    if not PYTHON_BUILD_CLASSES & set(recipe.inherits):
         recipe.run_shell("do_install", dest, unpackdir)
     if ptest:
         ptest_path = dest / (recipe.getVar("PTEST_PATH") or "").lstrip("/")
