@@ -160,12 +160,16 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         return self
 
     @classmethod
-    def _over(cls, block: Block, mapping: Any, shape: Tuple[int, ...], dtype: np.dtype[Any], *,
-              data_offset: int, strides: Tuple[int, ...]) -> Buffer:
-        """An array owning ``block`` whose first element is ``data_offset`` bytes into it
-        (a shared view arrives as a buffer of its own)."""
+    def _held(cls, handle: RegionHandle, *, offset: int, size: int, tag: int, cacheable: bool,
+              shape: Tuple[int, ...], dtype: np.dtype[Any], data_offset: int = 0,
+              strides: Optional[Tuple[int, ...]] = None, token: int = 0) -> Buffer:
+        """An array owning a new hold on the live block ``tag`` at ``offset`` (a shared or
+        imported buffer), its first element ``data_offset`` bytes into the block."""
+        mapping, kind, base = handle.mapping(cacheable)
+        handle.ledger.hold(offset, size, tag, token)  # BufferFreedError once it is gone
+        block = Block(handle, offset, size, base + offset, kind, tag=tag)
         self: Buffer = np.ndarray.__new__(cls, shape, dtype=dtype, buffer=mapping,
-                                          offset=block.offset + data_offset, strides=strides)
+                                          offset=offset + data_offset, strides=strides)
         self._block = block
         self._owns = True
         return self

@@ -175,7 +175,7 @@ def from_dmabuf(fd: Union[int, Any], shape: Union[int, Tuple[int, ...]], dtype: 
     address cannot be known.
     """
     from .allocate import _check_dtype, _check_shape
-    from .buffer import Block, Buffer
+    from .buffer import Buffer
 
     number = fd.fileno() if hasattr(fd, "fileno") else fd
     if not isinstance(number, int) or isinstance(number, bool):
@@ -203,16 +203,5 @@ def from_dmabuf(fd: Union[int, Any], shape: Union[int, Tuple[int, ...]], dtype: 
             f"a shape that fits")
     offset, tag, cacheable = int(match.group(1), 16), int(match.group(2), 16), match.group(3)
     handle = found.handle(found.region(info["exp_name"]))
-    mapping, kind, base = handle.mapping(cacheable == "c")
-    handle.ledger.hold(offset, size, tag)  # BufferFreedError once every holder let go
-    block = Block(handle, offset, size, base + offset, kind, tag=tag)
-    return Buffer._over(block, mapping, dims, dt, data_offset=0,
-                        strides=_c_strides(dims, dt.itemsize))
-
-
-def _c_strides(dims: Tuple[int, ...], itemsize: int) -> Tuple[int, ...]:
-    strides, step = [], itemsize
-    for dim in reversed(dims):
-        strides.append(step)
-        step *= dim
-    return tuple(reversed(strides))
+    return Buffer._held(handle, offset=offset, size=size, tag=tag,
+                        cacheable=cacheable == "c", shape=dims, dtype=dt)

@@ -98,13 +98,10 @@ class _State:
 
 
 def _open(state: _State, token: int = 0) -> Buffer:
-    from .buffer import Block, Buffer  # buffer imports this module
+    from .buffer import Buffer  # buffer imports this module
 
     backend = _backend_for(state.paths)
     handle = backend.handle(backend.region(state.region))
-    mapping, kind, base = handle.mapping(state.cacheable)
-    handle.ledger.hold(state.block_offset, state.size, state.tag, token)  # refused if gone
-    block = Block(handle, state.block_offset, state.size, base + state.block_offset, kind,
-                  tag=state.tag)
-    return Buffer._over(block, mapping, state.shape, state.dtype,
-                        data_offset=state.data_offset, strides=state.strides)
+    return Buffer._held(handle, offset=state.block_offset, size=state.size, tag=state.tag,
+                        cacheable=state.cacheable, shape=state.shape, dtype=state.dtype,
+                        data_offset=state.data_offset, strides=state.strides, token=token)
