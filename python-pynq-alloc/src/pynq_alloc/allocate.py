@@ -19,6 +19,7 @@ from .errors import (
     OutOfMemoryError,
     PynqAllocError,
 )
+from .units import human_size
 
 _KEYWORDS = ("cacheable", "align", "backend", "cache", "pointer")
 
@@ -169,7 +170,7 @@ def _out_of_memory(backend: UdmabufBackend, region: RegionInfo, nbytes: int, ali
         if largest >= nbytes + max(align - 64, 0):
             fits.append((other.name, largest))
     if fits:
-        names = ", ".join(f"{name} ({_human(largest)} free in one block)"
+        names = ", ".join(f"{name} ({human_size(largest)} free in one block)"
                           for name, largest in fits)
         advice = f"Region(s) with room: {names}: pass target={fits[0][0]!r}."
     else:
@@ -177,22 +178,15 @@ def _out_of_memory(backend: UdmabufBackend, region: RegionInfo, nbytes: int, ali
                   "(freebuffer()/close()/del), allocate less, or give a region more memory "
                   "(its pool's size in the device tree).")
     return OutOfMemoryError(
-        f"cannot allocate {_human(nbytes)} ({nbytes} bytes) aligned to {align:#x} in region "
+        f"cannot allocate {human_size(nbytes)} ({nbytes} bytes) aligned to {align:#x} in region "
         f"{region.name}: {why}. {advice}")
 
 
 def _region_full(handle: RegionHandle) -> str:
     stats = handle.ledger.stats()
     return (f"its largest free block is {stats.largest_free} bytes "
-            f"({_human(stats.largest_free)}); {stats.free} of its {stats.size} bytes are free, "
+            f"({human_size(stats.largest_free)}); {stats.free} of its {stats.size} bytes are free, "
             f"{stats.blocks} buffer(s) live")
-
-
-def _human(nbytes: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if nbytes >= 1 << shift:
-            return f"{nbytes / (1 << shift):.4g} {unit}"
-    return f"{nbytes} B"
 
 
 def allocate(shape: Union[int, Tuple[int, ...]], dtype: Any = "u4", target: Any = None,
@@ -246,7 +240,7 @@ def allocate(shape: Union[int, Tuple[int, ...]], dtype: Any = "u4", target: Any 
         if nbytes > region.size or align > region.size:
             raise _out_of_memory(backend, region, nbytes, align,
                                  f"the whole region is {region.size} bytes "
-                                 f"({_human(region.size)})")
+                                 f"({human_size(region.size)})")
         handle = backend.handle(region)
         mapping, kind, base = handle.mapping(cacheable)
         try:

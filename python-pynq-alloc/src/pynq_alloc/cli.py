@@ -19,6 +19,7 @@ from .backends import BACKEND_NAMES, get_backend
 from .backends.udmabuf import RegionInfo, UdmabufBackend
 from .diagnose import Check, Roots, diagnose
 from .errors import DeviceError, DriverNotFoundError, PynqAllocError
+from .units import human_size
 
 _INFO_FIELDS = ("name", "phys_addr", "size", "coherent", "sync_mode", "driver_version",
                 "ioctl_version", "device_path")
@@ -45,15 +46,6 @@ between processes), PYNQ_ALLOC_SYSFS_ROOT, PYNQ_ALLOC_DEV_ROOT, PYNQ_ALLOC_RUN_D
 exit status: 0 all is well, 1 a check or a test failed (the output says which and
 the fix), 2 the command could not run (bad option, unreadable file).
 """
-
-
-def human_size(n: int) -> str:
-    """Bytes in the largest binary unit that keeps a number >= 1: 16 MiB, 4 KiB, 1.5 GiB."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            value = n / (1 << shift)
-            return f"{value:.0f} {unit}" if n % (1 << shift) == 0 else f"{value:.1f} {unit}"
-    return f"{n} B"
 
 
 class Context:
