@@ -9,6 +9,7 @@ findings are checked as an unprivileged user (nobody) where the tests run as roo
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pynq_alloc
 import pytest
@@ -91,10 +92,23 @@ def test_bench_on_the_simulator_says_so(capsys: pytest.CaptureFixture[str],
     """The banner comes before the benchmarks (which are not the subject here)."""
     ran: List[bool] = []
     monkeypatch.setattr(cli, "cmd_bench",
-                        lambda backend, quick, strict: ran.append(quick) or 0)
+                        lambda backend, quick, strict, simulated: ran.append(simulated) or 0)
     status, _, err = run_cli(capsys, "bench", "--quick", "--backend", "sim")
     assert status == 0 and ran == [True]
     assert "SIMULATOR" in err
+
+
+def test_bench_headline_names_the_simulated_files_not_the_driver(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line under the SIMULATOR banner says what it runs on, in binary units."""
+    import pynq_alloc.bench
+
+    monkeypatch.setattr(pynq_alloc.bench, "run_all", lambda *a, **k: [])
+    status, out, _ = run_cli(capsys, "bench", "--quick", "--backend", "sim")
+    assert status == 0
+    (headline,) = [line for line in out.splitlines() if line.startswith("pynq-alloc bench")]
+    assert "simulated u-dma-buf files, backend sim" in headline, headline
+    assert "udmabuf backend" not in headline and "MiB" in headline, headline
 
 
 def test_info_on_the_driver_does_not_claim_the_simulator(
@@ -104,6 +118,34 @@ def test_info_on_the_driver_does_not_claim_the_simulator(
         _, report = json_of(capsys, "info", "--json", roots=roots)
     assert "SIMULATOR" not in out and "u-dma-buf driver" in out.splitlines()[0]
     assert report["backend"] == "udmabuf" and report["simulated"] is False
+
+
+def test_check_dtb_without_a_booted_tree_asks_for_a_file_not_sudo(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A PC or an ACPI board has no /sys/firmware/fdt: sudo would not help."""
+    monkeypatch.setattr(cli, "DEFAULT_DTB", str(tmp_path / "fdt"))
+    status, _, err = run_cli(capsys, "check-dtb")
+    assert status == 2
+    assert "did not boot with a device tree" in err and "check-dtb board.dtb" in err, err
+    assert "sudo" not in err, err
+
+
+@pytest.mark.parametrize("euid, sudo", [(1000, True), (0, False)])
+def test_check_dtb_suggests_sudo_only_to_a_user_who_is_not_root(
+        monkeypatch: pytest.MonkeyPatch, euid: int, sudo: bool) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    hint = cli._unreadable_dtb_hint(cli.DEFAULT_DTB, errno.EACCES)
+    assert ("sudo pynq-alloc check-dtb" in hint) is sudo, hint
+    assert sudo or "check-dtb board.dtb" in hint, hint
+
+
+def test_info_without_a_driver_offers_the_simulator(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _, out, _ = run_cli(capsys, "info", roots=fake_roots(tmp_path))
+    assert "PYNQ_ALLOC_BACKEND=sim" in out.splitlines()[-1], out
+    _, sim_out, _ = run_cli(capsys, "--backend", "sim", "info")
+    assert "PYNQ_ALLOC_BACKEND=sim (or" not in sim_out
 
 
 # --- options, help, pipes ----------------------------------------------------------------
@@ -301,6 +343,7 @@ def test_nothing_at_all_names_each_missing_step_and_its_fix(
     module = checks["kernel module"]
     assert not module["ok"] and RELEASE in module["detail"]
     assert "meta-pynq-alloc" in module["fix"] and "insmod" in module["fix"]
+    assert "u-dma-buf-dkms" in module["fix"] and "pynq-alloc-board" in module["fix"]
     tree = checks["device tree"]
     assert not tree["ok"] and "no device tree" in tree["detail"]
     assert "udmabuf0=" in tree["fix"]
@@ -310,50 +353,50 @@ def test_nothing_at_all_names_each_missing_step_and_its_fix(
         assert following.strip().startswith("fix: "), out
 
 
-def test_an_installed_module_that_is_not_loaded_says_modprobe(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def _no_node_board(roots: Roots) -> None:
+    dt_node(roots, "/", compatible=b"xlnx,zynqmp-zcu102\0xlnx,zynqmp\0")
+
+
+def _disabled_node(roots: Roots) -> None:
+    udmabuf_node(roots, status=b"disabled\0")
+
+
+# (what the fake system has, the check that fails, words its detail and its fix must
+# have); every other check named in `also_ok` must pass.
+HALF_SET_UP: Dict[str, tuple[List[Callable[[Roots], None]], str, List[str], List[str],
+                              List[str]]] = {
+    "installed-not-loaded": ([install_module, udmabuf_node], "kernel module",
+                             ["not loaded"], ["sudo modprobe u-dma-buf"], ["device tree"]),
+    "loaded-no-node": ([load_module, _no_node_board], "device tree",
+                       ['compatible = "ikwzm,u-dma-buf"'], ["check-dtb", "udmabuf0="],
+                       ["kernel module"]),
+    "probe-failed": ([load_module, udmabuf_node], "device tree",
+                     ["probe failed", "/dma-buffer-0 -> udmabuf0"], ["dmesg"],
+                     ["kernel module"]),
+    "node-disabled": ([load_module, _disabled_node],
+                      "device tree", ["disabled"], [], ["kernel module"]),
+}
+
+
+@pytest.mark.parametrize("case", HALF_SET_UP)
+def test_a_half_set_up_system_names_the_missing_step(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, case: str) -> None:
+    """An installed module that is not loaded says modprobe; a node that waits for the
+    module is no problem; a module without a node points at the device tree; a node and
+    a module but no region mean the probe failed; a disabled node is named."""
+    setup, failing, detail_words, fix_words, also_ok = HALF_SET_UP[case]
     roots = fake_roots(tmp_path)
-    install_module(roots)
-    udmabuf_node(roots)
+    for step in setup:
+        step(roots)
     status, report = json_of(capsys, "info", "--json", roots=roots)
     checks = checks_by_name(report)
-    assert status == 1
-    assert "not loaded" in checks["kernel module"]["detail"]
-    assert "sudo modprobe u-dma-buf" in checks["kernel module"]["fix"]
-    assert checks["device tree"]["ok"], "the node waits for the module: not a problem"
-
-
-def test_a_loaded_module_without_a_node_points_at_the_device_tree(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    roots = fake_roots(tmp_path)
-    load_module(roots)
-    dt_node(roots, "/", compatible=b"xlnx,zynqmp-zcu102\0xlnx,zynqmp\0")
-    _, report = json_of(capsys, "info", "--json", roots=roots)
-    checks = checks_by_name(report)
-    assert checks["kernel module"]["ok"]
-    tree = checks["device tree"]
-    assert not tree["ok"] and 'compatible = "ikwzm,u-dma-buf"' in tree["detail"]
-    assert "check-dtb" in tree["fix"] and "udmabuf0=" in tree["fix"]
-
-
-def test_a_node_and_a_module_but_no_region_means_the_probe_failed(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    roots = fake_roots(tmp_path)
-    load_module(roots)
-    udmabuf_node(roots)
-    _, report = json_of(capsys, "info", "--json", roots=roots)
-    tree = checks_by_name(report)["device tree"]
-    assert not tree["ok"] and "probe failed" in tree["detail"]
-    assert "/dma-buffer-0 -> udmabuf0" in tree["detail"] and "dmesg" in tree["fix"]
-
-
-def test_a_disabled_node_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    roots = fake_roots(tmp_path)
-    load_module(roots)
-    udmabuf_node(roots, status=b"disabled\0")
-    _, report = json_of(capsys, "info", "--json", roots=roots)
-    tree = checks_by_name(report)["device tree"]
-    assert not tree["ok"] and "disabled" in tree["detail"]
+    assert status == 1 and not checks[failing]["ok"], checks
+    for word in detail_words:
+        assert word in checks[failing]["detail"], checks[failing]
+    for word in fix_words:
+        assert word in checks[failing]["fix"], checks[failing]
+    for name in also_ok:
+        assert checks[name]["ok"], checks[name]
 
 
 def test_regions_from_module_parameters_need_no_device_tree(

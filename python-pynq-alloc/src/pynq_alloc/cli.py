@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import mmap
 import os
@@ -127,6 +128,9 @@ def cmd_info(ctx: Context, as_json: bool) -> int:
     if not ok:
         print("no usable region: nothing can be allocated until the problems above are fixed"
               if not reports else "some checks failed: see the fixes above")
+        if not reports and not ctx.simulated:
+            print("to try pynq_alloc without hardware meanwhile: PYNQ_ALLOC_BACKEND=sim "
+                  "(or `pynq-alloc info --backend sim`), a simulator of the driver's files")
     return 0 if ok else 1
 
 
@@ -182,7 +186,8 @@ def cmd_selftest(ctx: Context, as_json: bool) -> int:
     return 0 if ok else 1
 
 
-def cmd_bench(backend: UdmabufBackend, quick: bool, strict: bool) -> int:
+def cmd_bench(backend: UdmabufBackend, quick: bool, strict: bool,
+              simulated: bool = False) -> int:
     """Every benchmark, each line printed as it is measured. Exit 0 once all have
     run (a benchmark reports; a missed target is in its line), 1 with --strict
     when a target is missed."""
@@ -193,12 +198,25 @@ def cmd_bench(backend: UdmabufBackend, quick: bool, strict: bool) -> int:
         print("pynq-alloc: error: no region to benchmark", file=sys.stderr)
         return 2
     first = found[0]
-    print(f"pynq-alloc bench{' --quick' if quick else ''} on {first.name} ({first.size} bytes, "
-          f"{first.free} free; {backend.name} backend)", flush=True)
+    kind = ("simulated u-dma-buf files, backend sim" if simulated
+            else f"u-dma-buf driver, {first.device_path}")
+    print(f"pynq-alloc bench{' --quick' if quick else ''} on {first.name} "
+          f"({human_size(first.size)}, {human_size(first.free)} free; {kind})", flush=True)
     results = run_all(backend, quick=quick, out=lambda line: print(line, flush=True))
     met = sum(r.ok for r in results)
     print(f"bench: {met} of {len(results)} targets met")
     return 1 if strict and met < len(results) else 0
+
+
+def _unreadable_dtb_hint(path: str, errno_value: Optional[int]) -> str:
+    """Why the booted tree could not be read, and what to do instead."""
+    if errno_value == errno.ENOENT:
+        return (f" (this system did not boot with a device tree, e.g. a PC or an ACPI "
+                f"board, so there is no {path}: name a DTB file, "
+                f"`pynq-alloc check-dtb board.dtb`)")
+    if errno_value in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        return " (the booted tree is readable by root only: `sudo pynq-alloc check-dtb`)"
+    return " (name a DTB file instead: `pynq-alloc check-dtb board.dtb`)"
 
 
 def cmd_check_dtb(files: Sequence[str], as_json: bool, page_size: int,
@@ -211,8 +229,7 @@ def cmd_check_dtb(files: Sequence[str], as_json: bool, page_size: int,
             with open(path, "rb") as f:
                 blob = f.read()
         except OSError as exc:
-            hint = (" (the booted tree: readable by root only, `sudo pynq-alloc check-dtb`)"
-                    if path == DEFAULT_DTB else "")
+            hint = _unreadable_dtb_hint(path, exc.errno) if path == DEFAULT_DTB else ""
             raise DeviceError(f"cannot read {path}: {exc.strerror}{hint}", exc.errno or 0,
                               path) from exc
         problems = check(blob, page_size=page_size, cma_alignment=cma_alignment,
@@ -324,7 +341,7 @@ def _run(argv: Optional[Sequence[str]], roots: Optional[Roots]) -> int:
             return cmd_selftest(ctx, args.json)
         if ctx.simulated:
             print(f"pynq-alloc bench {ctx.banner()}", file=sys.stderr)
-        return cmd_bench(ctx.backend, args.quick, args.strict)
+        return cmd_bench(ctx.backend, args.quick, args.strict, ctx.simulated)
     except DriverNotFoundError as exc:
         print(f"pynq-alloc: error: {exc}\n`pynq-alloc info` diagnoses each step and gives "
               f"its fix.", file=sys.stderr)

@@ -148,9 +148,10 @@ def check_module(roots: Roots, have_regions: bool) -> Check:
         f"no u-dma-buf module is loaded, built in, or installed for kernel "
         f"{roots.kernel_release} ({roots.lib_modules}/{roots.kernel_release}/modules.dep)",
         "install the driver: on a Yocto image, add the meta-pynq-alloc layer and "
-        "IMAGE_INSTALL:append = \" u-dma-buf u-dma-buf-udev-rules\"; elsewhere build "
-        "u-dma-buf 5.5.0 (github.com/ikwzm/udmabuf) against this kernel's headers, "
-        "`sudo insmod u-dma-buf.ko`")
+        "IMAGE_INSTALL:append = \" u-dma-buf u-dma-buf-udev-rules\"; on Debian or Ubuntu, "
+        "install linux-headers-$(uname -r) and pynq-alloc's u-dma-buf-dkms and "
+        "pynq-alloc-board packages; elsewhere build u-dma-buf 5.5.0 "
+        "(github.com/ikwzm/udmabuf) against this kernel's headers, `sudo insmod u-dma-buf.ko`")
 
 
 def check_device_tree(roots: Roots, nodes: List[DtNode], dt_root: Optional[str],
@@ -186,9 +187,10 @@ def check_device_tree(roots: Roots, nodes: List[DtNode], dt_root: Optional[str],
             else f"no node with compatible = \"ikwzm,u-dma-buf\" under {dt_root}")
     return Check(
         "device tree", False, what,
-        "describe a pool and a u-dma-buf node in the board's device tree (the pynq-alloc "
-        "repository's device-tree/ folder has includes for QEMU virt, ZCU102, KV260, "
-        "ZC702 and PYNQ-Z2; meta-pynq-alloc builds them in), check the DTB with "
+        "describe a pool and a u-dma-buf node in the board's device tree (meta-pynq-alloc "
+        "builds them in for QEMU virt, ZCU102, ZCU104, KV260, Ultra96-V2, RFSoC 4x2, ZC702, "
+        "PYNQ-Z1 and PYNQ-Z2; on other images `pynq-alloc-dtb` from the pynq-alloc-board "
+        "package adds them to any board's DTB), check the DTB with "
         "`pynq-alloc check-dtb <file.dtb>`, and reboot; or, without a node, "
         "`sudo modprobe u-dma-buf udmabuf0=0x1000000` (16 MiB from the kernel's CMA area)")
 
