@@ -144,3 +144,16 @@ def test_page_and_cma_alignment_follow_the_options(tmp_path):
     result = dttools.run([PYNQ_ALLOC, "check-dtb", "--page-size", "65536",
                           "--cma-alignment", "0x20000000", dtb])
     assert result.returncode == 1 and "[cma-alignment]" in result.stdout, result.stdout
+
+
+def test_the_readmes_include_path_example_runs_as_written(tmp_path):
+    """The commands device-tree/README.md gives for a source that #includes our files,
+    run as written from a checkout's top (here a copy of the two folders it names)."""
+    text = (dttools.DEVICE_TREE / "README.md").read_text()
+    block = next(b for b in text.split("```")[1::2] if "cpp -nostdinc" in b)
+    for folder in ("device-tree", "tests"):
+        (tmp_path / folder).symlink_to(dttools.REPO / folder)
+    script = block.replace("pynq-alloc check-dtb", f"{PYNQ_ALLOC} check-dtb")
+    result = dttools.run(["bash", "-c", f"set -e\n{script}"], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[overlap]" in result.stdout and "Traceback" not in result.stderr, result.stdout
