@@ -42,7 +42,7 @@ bench: $(VENV)/np2/.stamp
 
 # `make run` until the QEMU harness takes over: the seed example on the simulator.
 run-sim: $(VENV)/np2/.stamp
-	@echo "make run: no QEMU harness here, so the seed example runs on the simulator (PYNQ_ALLOC_BACKEND=sim)"
+	@echo "make run-sim: the seed example on the simulator of the driver (PYNQ_ALLOC_BACKEND=sim): no QEMU, no hardware, made-up addresses"
 	PYNQ_ALLOC_BACKEND=sim $(VENV)/np2/bin/python examples/seed.py
 
 # Mutation testing of the code that decides addresses, sync ranges and commands, pool
