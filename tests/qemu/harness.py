@@ -871,6 +871,7 @@ def find_driver(build: Path, abi: str) -> Driver:
     url, _, rev = git_pin(recipe)
     cached = driver_cache(build, abi, rev) / "u-dma-buf.ko"
     src = os.environ.get("UDMABUF_SRC")
+    built_now = False
     if src:
         src_path = Path(src).resolve()
         if not src_path.exists():
@@ -885,6 +886,7 @@ def find_driver(build: Path, abi: str) -> Driver:
             shutil.rmtree(work, ignore_errors=True)
         else:
             cached = build_driver(build, src_path, f"UDMABUF_SRC={src}", abi)
+            built_now = True
     elif not cached.exists():
         mirror = clone_from_network(build, url, rev)
         if mirror is None:
@@ -892,11 +894,14 @@ def find_driver(build: Path, abi: str) -> Driver:
                           "unreachable and no module is cached for kernel "
                           f"{abi} + commit {rev[:12]}")
         cached = build_driver(build, mirror, url, abi)
+        built_now = True
     origin = (cached.parent / "origin").read_text().splitlines()[0] \
         if (cached.parent / "origin").exists() else "?"
     shown = cached.parent.relative_to(REPO) if cached.is_relative_to(REPO) else cached.parent
+    how = (f"built by this run from {origin}, cached in {shown}" if built_now
+           else f"the module cached in {shown} (built by an earlier run from {origin})")
     return Driver(cached, f"u-dma-buf {recipe.getVar('PV')} at {rev[:12]} (the layer's SRCREV), "
-                  f"built from {origin}, cached in {shown}")
+                  f"{how}")
 
 
 # ---------------------------------------------------------------- boot
@@ -916,7 +921,7 @@ def reserved_pools(notes: dict[str, list[str]]) -> list[str]:
                 if r and int(r.group(1), 16) <= base <= int(r.group(2), 16):
                     hit.append((int(r.group(2), 16) - int(r.group(1), 16), entry))
             pools.append(f"{m.group(1)} pool at {base:#x}, {m.group(3)}"
-                         + (f"; iomem {min(hit)[1]}" if hit else ""))
+                         + (f"; inside /proc/iomem {min(hit)[1]}" if hit else ""))
     return pools
 
 
