@@ -18,6 +18,7 @@ from .errors import (
     InvalidTypeError,
     OutOfMemoryError,
     PynqAllocError,
+    a_type,
 )
 from .units import human_size
 
@@ -33,7 +34,7 @@ def _check_shape(shape: Any) -> Tuple[int, ...]:
     for dim in dims:
         if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
             raise InvalidTypeError(
-                f"shape={shape!r}: {dim!r} is a {type(dim).__name__}, not an integer; pass an int "
+                f"shape={shape!r}: {dim!r} is {a_type(dim)}, not an integer; pass an int "
                 f"or a tuple of ints, e.g. allocate(shape=(1024,))")
         value = operator.index(dim)
         if value <= 0:
@@ -111,7 +112,7 @@ def _resolve_target(backend: UdmabufBackend, target: Any) -> RegionInfo:
     if isinstance(name, str) and hasattr(target, "phys_addr"):
         return backend.region(name)
     raise InvalidTypeError(
-        f"target={target!r} is a {type(target).__name__}; pass a region name such as "
+        f"target={target!r} is {a_type(target)}; pass a region name such as "
         f"'udmabuf0', a region from pynq_alloc.regions(), a PYNQ Device or memory object "
         f"(meaning the first region), or None for the first region")
 
@@ -119,7 +120,7 @@ def _resolve_target(backend: UdmabufBackend, target: Any) -> RegionInfo:
 def _check_cache(cache: Any) -> Any:
     if cache is not None and not callable(getattr(cache, "return_pointer", None)):
         raise InvalidTypeError(
-            f"cache={cache!r} is a {type(cache).__name__} without a return_pointer() method; "
+            f"cache={cache!r} is {a_type(cache)} without a return_pointer() method; "
             f"pass an object whose return_pointer(pointer) takes back the block of a freed "
             f"buffer (as PYNQ's video frame cache does), or leave cache out")
     return cache
@@ -129,7 +130,7 @@ def _recycled(pointer: Any, nbytes: int, cacheable: bool) -> Block:
     """The block of a frame handed back by ``freebuffer()``, for a new buffer over it."""
     if not isinstance(pointer, FramePointer):
         raise InvalidTypeError(
-            f"pointer={pointer!r} is a {type(pointer).__name__}; pass the .pointer of a buffer "
+            f"pointer={pointer!r} is {a_type(pointer)}; pass the .pointer of a buffer "
             f"allocated with cache= that freebuffer() handed to that cache, or leave pointer out")
     block = pointer.block
     if block is None:
@@ -177,9 +178,17 @@ def _out_of_memory(backend: UdmabufBackend, region: RegionInfo, nbytes: int, ali
         advice = ("No other region has room either: free buffers you no longer need "
                   "(freebuffer()/close()/del), allocate less, or give a region more memory "
                   "(its pool's size in the device tree).")
+    # Alignment is physical: a large align= can leave no aligned address in the region.
+    first = -(-region.phys_addr // align) * align
+    if first + nbytes > region.phys_addr + region.size and nbytes <= region.size:
+        why = (f"no address in it ({region.phys_addr:#x}-"
+               f"{region.phys_addr + region.size - 1:#x}) is a multiple of align={align:#x} "
+               f"with {human_size(nbytes)} after it; pass a smaller align= (a power of two; "
+               f"the default is the page size)")
+        advice = ""
     return OutOfMemoryError(
         f"cannot allocate {human_size(nbytes)} ({nbytes} bytes) aligned to {align:#x} in region "
-        f"{region.name}: {why}. {advice}")
+        f"{region.name}: {why}." + (f" {advice}" if advice else ""))
 
 
 def _region_full(handle: RegionHandle) -> str:

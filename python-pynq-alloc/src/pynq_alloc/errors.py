@@ -91,3 +91,9 @@ def device_error(exc: OSError, what: str, path: str) -> DeviceError:
             path,
         )
     return DeviceError(f"{what}: {path}: {exc.strerror or exc}", err, path)
+
+
+def a_type(value: object) -> str:
+    """'an int', 'a list': the type of a bad argument, as a message says it."""
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"

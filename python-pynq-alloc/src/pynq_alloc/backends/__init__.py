@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Union
 
-from ..errors import InvalidArgumentError, InvalidTypeError
+from ..errors import InvalidArgumentError, InvalidTypeError, a_type
 from .udmabuf import RegionInfo, UdmabufBackend
 
 __all__ = ["BACKEND_NAMES", "RegionInfo", "UdmabufBackend", "get_backend"]
@@ -28,7 +28,7 @@ def get_backend(backend: Union[str, UdmabufBackend, None] = None) -> UdmabufBack
         return backend
     if backend is not None and not isinstance(backend, str):
         raise InvalidTypeError(
-            f"backend={backend!r} is a {type(backend).__name__}; pass one of "
+            f"backend={backend!r} is {a_type(backend)}; pass one of "
             f"{', '.join(BACKEND_NAMES)} or a UdmabufBackend instance"
         )
     source = "backend="
