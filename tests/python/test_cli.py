@@ -93,9 +93,35 @@ def test_bench_on_the_simulator_says_so(capsys: pytest.CaptureFixture[str],
     ran: List[bool] = []
     monkeypatch.setattr(cli, "cmd_bench",
                         lambda backend, quick, strict, simulated: ran.append(simulated) or 0)
-    status, _, err = run_cli(capsys, "bench", "--quick", "--backend", "sim")
+    status, out, _ = run_cli(capsys, "bench", "--quick", "--backend", "sim")
     assert status == 0 and ran == [True]
-    assert "SIMULATOR" in err
+    assert "SIMULATOR" in out.splitlines()[0]  # on stdout: `bench > file` keeps it
+
+
+@pytest.mark.parametrize("args", [["--json", "bench"], ["bench", "--json"]])
+def test_bench_refuses_json_saying_it_prints_text(
+        capsys: pytest.CaptureFixture[str], args: List[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--quick", "--backend", "sim"])
+    assert exit_.value.code == 2
+    assert "bench prints text only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--page-size", "--cma-alignment"])
+@pytest.mark.parametrize("value", ["3000", "0", "2048", "-4096"])
+def test_check_dtb_alignments_must_be_powers_of_two(
+        capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check-dtb", option, value, "board.dtb"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{value!r} is not a power of two" in err, err
+
+
+def test_a_bad_backend_in_the_environment_is_named_as_such(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYNQ_ALLOC_BACKEND", "bogus")
+    status, _, err = run_cli(capsys, "info")
+    assert status == 2 and "PYNQ_ALLOC_BACKEND='bogus'" in err and "udmabuf, sim" in err, err
 
 
 def test_bench_headline_names_the_simulated_files_not_the_driver(
@@ -106,7 +132,8 @@ def test_bench_headline_names_the_simulated_files_not_the_driver(
     monkeypatch.setattr(pynq_alloc.bench, "run_all", lambda *a, **k: [])
     status, out, _ = run_cli(capsys, "bench", "--quick", "--backend", "sim")
     assert status == 0
-    (headline,) = [line for line in out.splitlines() if line.startswith("pynq-alloc bench")]
+    (headline,) = [line for line in out.splitlines()
+                   if line.startswith("pynq-alloc bench --quick on")]
     assert "simulated u-dma-buf files, backend sim" in headline, headline
     assert "udmabuf backend" not in headline and "MiB" in headline, headline
 

@@ -61,7 +61,8 @@ class Context:
         if roots is not None and self.name == "udmabuf":
             self.backend = UdmabufBackend(roots.sysfs_class, roots.dev, roots.run_dir)
         else:
-            self.backend = get_backend(chosen)
+            # None lets get_backend read PYNQ_ALLOC_BACKEND and name it in any error.
+            self.backend = get_backend(backend_arg)
         self.simulated = self.name == "sim"
         base = roots or Roots()
         self.roots = Roots(proc=base.proc, device_tree=base.device_tree,
@@ -262,6 +263,16 @@ def _int(text: str) -> int:
             f"{text!r} is not a number (decimal, or 0x... hex)") from None
 
 
+def _power_of_two(text: str) -> int:
+    value = _int(text)
+    if value < 4096 or value & (value - 1):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a power of two of at least 4096 (arm64 kernels use 4096, 16384 "
+            f"or 65536 bytes per page; CMA aligns pools to a pageblock, 0x400000 with 4 KiB "
+            f"pages)")
+    return value
+
+
 def _para(text: str) -> str:
     """A paragraph wrapped as the other help text (the formatter keeps line breaks)."""
     return textwrap.fill(text, 84)
@@ -306,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "a second mapping of the device, invalidate, free."))
     json_option(selftest, True)
     bench = sub.add_parser("bench", parents=[common(True)], help="benchmarks, printed as ratios")
+    json_option(bench, True)  # accepted only to be refused with the reason
     bench.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds")
     bench.add_argument("--strict", action="store_true",
                        help="exit 1 when a target is missed (default: report only)")
@@ -317,12 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "reg, /reserved-memory cells and ranges, memory-region phandles, buffers "
                           "that fit their pool as the kernel allocates them, unique device names "
                           "and minors. Exit status 1 when a rule is broken."),
-        epilog="To check a source, compile it first: dtc -I dts -O dtb -o board.dtb board.dts")
+        epilog="To check a source, compile it first: dtc -I dts -O dtb -o board.dtb board.dts;\n"
+               "a source with #include goes through cpp first: cpp -nostdinc -undef -D__DTS__\n"
+               "-x assembler-with-cpp -I <include dirs> board.dts -o board.pre.dts, then dtc.")
     dtb.add_argument("dtb", nargs="*", default=[DEFAULT_DTB],
                      help=f"DTB files (default: {DEFAULT_DTB}, the tree this kernel booted)")
-    dtb.add_argument("--page-size", type=_int, default=4096,
+    dtb.add_argument("--page-size", type=_power_of_two, default=4096,
                      help="the kernel's page size in bytes (default 4096)")
-    dtb.add_argument("--cma-alignment", type=_int, default=4 << 20,
+    dtb.add_argument("--cma-alignment", type=_power_of_two, default=4 << 20,
                      help="CMA pool alignment in bytes: the kernel's pageblock, 4 MiB with "
                           "4 KiB pages (default 0x400000)")
     json_option(dtb, True)
@@ -330,7 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: Optional[Sequence[str]], roots: Optional[Roots]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench" and args.json:
+        parser.error("bench prints text only, one line per result as it is measured: "
+                     "drop --json (it is for info, selftest and check-dtb)")
     try:
         if args.command == "check-dtb":
             return cmd_check_dtb(args.dtb, args.json, args.page_size, args.cma_alignment)
@@ -340,7 +358,7 @@ def _run(argv: Optional[Sequence[str]], roots: Optional[Roots]) -> int:
         if args.command == "selftest":
             return cmd_selftest(ctx, args.json)
         if ctx.simulated:
-            print(f"pynq-alloc bench {ctx.banner()}", file=sys.stderr)
+            print(f"pynq-alloc bench {ctx.banner()}", flush=True)
         return cmd_bench(ctx.backend, args.quick, args.strict, ctx.simulated)
     except DriverNotFoundError as exc:
         print(f"pynq-alloc: error: {exc}\n`pynq-alloc info` diagnoses each step and gives "

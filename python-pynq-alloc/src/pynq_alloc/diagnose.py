@@ -150,7 +150,8 @@ def check_module(roots: Roots, have_regions: bool) -> Check:
         "install the driver: on a Yocto image, add the meta-pynq-alloc layer and "
         "IMAGE_INSTALL:append = \" u-dma-buf u-dma-buf-udev-rules\"; on Debian or Ubuntu, "
         "install linux-headers-$(uname -r) and pynq-alloc's u-dma-buf-dkms and "
-        "pynq-alloc-board packages; elsewhere build u-dma-buf 5.5.0 "
+        "pynq-alloc-board packages (built from the pynq-alloc repository by `make debs`; its "
+        "docs/other-images.md walks through it); elsewhere build u-dma-buf 5.5.0 "
         "(github.com/ikwzm/udmabuf) against this kernel's headers, `sudo insmod u-dma-buf.ko`")
 
 

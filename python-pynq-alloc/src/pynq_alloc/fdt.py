@@ -43,7 +43,9 @@ class Fdt:
     def _bad(self, why: str) -> InvalidArgumentError:
         return InvalidArgumentError(
             f"{self.source} is not a valid flattened device tree: {why}. Give a .dtb file "
-            f"(compile a source with `dtc -I dts -O dtb -o board.dtb board.dts`, or dump the "
+            f"(compile a source with `dtc -I dts -O dtb -o board.dtb board.dts`, through `cpp "
+            f"-nostdinc -undef -D__DTS__ -x assembler-with-cpp -I <include dirs>` first if it "
+            f"has #include lines; or dump the "
             f"running tree with `dtc -I fs -O dtb -o live.dtb /proc/device-tree`)")
 
     def _parse(self, blob: bytes) -> None:
