@@ -56,8 +56,13 @@ def syscalls_per_flush_by_strace() -> str:
     calls = [line for line in lines[begin + 1:end] if re.match(r"^\d+\s+\w+\(", line)]
     names = sorted({re.match(r"^\d+\s+(\w+)\(", c).group(1) for c in calls})  # type: ignore[union-attr]
     per = len(calls) / FLUSHES
-    return (f"{'sync system calls per flush (strace, all calls)':<46} {per:12.3f} "
-            f"({', '.join(names)})  target 1       {'meets' if per == 1 else 'MISSES'}")
+    # The simulator answers the sync ioctl in-process (it looks the descriptor up
+    # with one fstat), so strace sees that stand-in, not an ioctl: this line proves
+    # no hidden extra calls; the real ioctl is counted on the driver by the target
+    # suite (tests/target/test_data.py).
+    return (f"{'system calls per flush, simulator (strace)':<46} {per:12.3f} "
+            f"({', '.join(names)}: the simulator's stand-in for the one ioctl)  "
+            f"target 1       {'meets' if per == 1 else 'MISSES'}")
 
 
 def _best(stmt: object, number: int) -> float:
