@@ -1179,6 +1179,8 @@ def report(build: Path, base: Path, con: Console, driver: Driver, args, elapsed:
         for line in run_["lines"]:
             print(f"  cli       | {line}")
     figures = con.notes.get("figure", [])
+    if not real:
+        print("  figures   skipped: they time the driver's own calls (no u-dma-buf device)")
     if figures:
         print("  figures   (ratios measured side by side in this guest; TCG, not hardware "
               "timings)")
@@ -1204,8 +1206,11 @@ def report(build: Path, base: Path, con: Console, driver: Driver, args, elapsed:
     # A run that went wrong without a FAIL line (timeout, no driver, early exit)
     # counts as one failure.
     extra_fail = 1 if problems and not (n_fail or cli_fail) else 0
-    print(f"qemu-target: {n_pass + cli_pass} passed, {n_fail + cli_fail + extra_fail} failed, "
-          f"{n_skip + cli_skip} skipped")
+    # One line to grep: tests and the three commands counted apart, so that neither
+    # total can be read as the other.
+    print(f"qemu-target: tests {n_pass} passed, {n_fail + extra_fail} failed, {n_skip} "
+          f"skipped; commands {cli_pass} passed, {cli_fail} failed, {cli_skip} skipped "
+          f"({'real driver' if real else 'NO driver'})")
     return 1 if problems else 0
 
 

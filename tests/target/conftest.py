@@ -12,8 +12,8 @@ from typing import Any, List
 import pytest
 
 NO_DRIVER = ("no u-dma-buf region: the u-dma-buf module is not loaded or the device tree "
-             "has no ikwzm,u-dma-buf node (in QEMU: UDMABUF_SRC=<u-dma-buf git checkout> "
-             "make run builds the driver once)")
+             "has no ikwzm,u-dma-buf node (in QEMU: UDMABUF_SRC=<u-dma-buf git checkout or "
+             "mirror> make run builds the driver once)")
 
 
 def driver_regions() -> List[Any]:
