@@ -40,10 +40,18 @@ bench: $(VENV)/np2/.stamp
 	$(VENV)/np2/bin/python tests/bench/bench_allocate.py
 	$(VENV)/np2/bin/python tests/bench/soak.py
 
-# `make run` until the QEMU harness takes over: the seed example on the simulator.
-run-sim: $(VENV)/np2/.stamp
-	@echo "make run-sim: the seed example on the simulator of the driver (PYNQ_ALLOC_BACKEND=sim): no QEMU, no hardware, made-up addresses"
-	PYNQ_ALLOC_BACKEND=sim $(VENV)/np2/bin/python examples/seed.py
+# The seed example on the simulator, without QEMU: a venv with numpy and the package
+# only (no test tools), and the output labelled, since the address is made up.
+$(VENV)/sim/.stamp: $(PKG)/pyproject.toml | deps
+	rm -rf $(VENV)/sim
+	$(PYTHON) -m venv $(VENV)/sim
+	$(VENV)/sim/bin/pip install -q "$(NUMPY_np2)" -e $(PKG)
+	touch $@
+
+run-sim: $(VENV)/sim/.stamp
+	@echo "make run-sim: the seed example on the simulator of the driver (PYNQ_ALLOC_BACKEND=sim): no QEMU, no hardware"
+	@out=$$(PYNQ_ALLOC_BACKEND=sim $(VENV)/sim/bin/python examples/seed.py) && \
+		echo "$$out   [SIMULATED: the simulator makes the address up]"
 
 # Mutation testing of the code that decides addresses, sync ranges and commands, pool
 # placement and ledger ownership (scope and test order: tests/python/mutmut_config.py).
