@@ -267,6 +267,44 @@ def test_existing_dynamic_cma_keeps_room(tmp_path):
     assert_clean(out)
 
 
+def test_several_pools_of_each_kind_with_a_fixed_address(tmp_path, fresh_qemu_dtb):
+    """Any number of pools, each no-map or CMA, some at a given address: udmabuf0 and
+    udmabuf1 are the first of each kind, the rest 2, 3, ... (no-map ones first)."""
+    out = tmp_path / "many.dtb"
+    result = run_tool("--in", fresh_qemu_dtb, "--out", out, "--nomap", "16M", "--cma", "16M",
+                      "--cma", "32M", "--nomap", "4M@0x60000000", "--nomap", "8M",
+                      "--cma", "8M@0x50000000")
+    assert result.returncode == 0, result.stderr
+    assert_clean(out)
+    found = pools(out)
+    want = {"udmabuf0": (16 * MiB, True), "udmabuf1": (16 * MiB, False),
+            "udmabuf2": (4 * MiB, True), "udmabuf3": (8 * MiB, True),
+            "udmabuf4": (32 * MiB, False), "udmabuf5": (8 * MiB, False)}
+    assert {name: (p["size"], p["no-map"]) for name, p in found.items()} == want
+    for name, p in found.items():
+        assert p["minor-number"] == [int(name[len("udmabuf"):])]
+        assert p["node"] == f"/dma-buffer-{name[len('udmabuf'):]}"
+        assert p["reusable"] is not p["no-map"]
+        assert p["region-size"] == p["size"]
+        assert QEMU_RAM_BASE + 128 * MiB <= p["base"] or p["base"] in (0x60000000, 0x50000000)
+        assert p["base"] + p["size"] <= 0x80000000
+    assert found["udmabuf2"]["base"] == 0x60000000
+    assert found["udmabuf5"]["base"] == 0x50000000
+    spans = sorted((p["base"], p["base"] + p["size"]) for p in found.values())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    # The two first pools sit where they sit without the others (top of RAM).
+    assert found["udmabuf0"]["base"] == 0x80000000 - 16 * MiB
+    assert found["udmabuf1"]["base"] == 0x80000000 - 32 * MiB
+
+
+def test_pools_up_to_the_kernels_region_limit(tmp_path, fresh_qemu_dtb):
+    out = tmp_path / "sixty-four.dtb"
+    result = run_tool("--in", fresh_qemu_dtb, "--out", out, *["--cma", "4M"] * 64)
+    assert result.returncode == 0, result.stderr
+    assert_clean(out)
+    assert len(pools(out)) == 64
+
+
 # ------------------------------------------------------------------ every refusal
 
 REFUSALS = {
@@ -309,6 +347,30 @@ REFUSALS = {
                   "size = <0x0 0x08000000>; linux,cma-default; };\n\t};\n"},
         ["--cma", "448M", "--keep-low", "0"], "/reserved-memory/linux,cma"),
     "missing-input": ("missing", ["--cma", "16M"], "--in"),
+    # several pools: each bad input of a further pool is refused like the first's
+    "too-many-pools": ({}, ["--cma", "4M"] * 65, "at most 64 reserved-memory regions"),
+    "too-many-with-the-boards-regions": (
+        {"extra": "\treserved-memory { #address-cells = <2>; #size-cells = <2>; ranges;\n"
+                  "\t\tfw@70000000 { reg = <0x0 0x70000000 0x0 0x100000>; no-map; };\n\t};\n"},
+        ["--cma", "4M"] * 64, "ask for at most 63 pools"),
+    "further-pools-overlap": ({}, ["--nomap", "16M", "--nomap", "4M@0x60000000",
+                                   "--nomap", "4M@0x60200000"],
+                              "overlaps the no-map pool udmabuf2 (--nomap 4M@0x60000000)"),
+    "further-cma-overlaps-first": ({}, ["--cma", "8M@0x60000000", "--cma", "8M@0x60400000"],
+                                   "overlaps the CMA pool udmabuf1"),
+    "further-address-outside-ram": ({}, ["--nomap", "16M", "--cma", "16M",
+                                         "--cma", "16M@0x90000000"],
+                                    "--cma 16M@0x90000000: [0x90000000, 0x91000000) is not "
+                                    "inside the board's RAM"),
+    "further-address-collides-with-region": (
+        {"extra": "\treserved-memory { #address-cells = <2>; #size-cells = <2>; ranges;\n"
+                  "\t\tfw@70000000 { reg = <0x0 0x70000000 0x0 0x100000>; no-map; };\n\t};\n"},
+        ["--nomap", "16M", "--nomap", "1M@0x6ff80000"],
+        "--nomap 1M@0x6ff80000: [0x6ff80000, 0x70080000) overlaps /reserved-memory/fw@70000000"),
+    "further-bad-size": ({}, ["--nomap", "16M", "--nomap", "24M"], "--nomap 32M or --nomap 16M"),
+    "further-cma-bad-size": ({}, ["--cma", "16M", "--cma", "10M"], "give --cma 12M"),
+    "further-does-not-fit": ({}, ["--cma", "512M", "--cma", "512M"],
+                             "--cma 512M: no free 512 MiB stretch"),
 }
 
 
