@@ -44,9 +44,10 @@ TESTS = {
                   "test_allocate.py", "test_bad_inputs.py"],
     "udmabuf.py": ["test_ioctl.py", "test_sync.py", "test_backend.py", "test_bad_inputs.py",
                    "test_allocate.py"],
-    "pool.py": ["test_pool.py", "test_allocate.py", "test_ledger.py", "test_bad_inputs.py"],
-    "ledger.py": ["test_ledger.py", "test_bad_inputs.py", "test_lifetime.py",
-                  "test_allocate.py", "test_backend.py"],
+    "pool.py": ["test_pool.py", "test_allocate.py", "test_ledger.py", "test_dmabuf.py",
+                "test_bad_inputs.py"],
+    "ledger.py": ["test_allocate.py", "test_ledger.py", "test_share.py", "test_dmabuf.py",
+                  "test_lifetime.py", "test_backend.py", "test_bad_inputs.py"],
     "allocate.py": ["test_allocate.py", "test_bad_inputs.py"],
 }
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from pynq_alloc import LedgerError, allocate
@@ -22,14 +21,19 @@ CHILD = textwrap.dedent("""
     backend = UdmabufBackend(*sys.argv[1:4])
     bufs = [allocate(int(sys.argv[4]), "u1", backend=backend) for _ in range(int(sys.argv[5]))]
     print(" ".join(hex(b.device_address) for b in bufs), flush=True)
-    time.sleep(float(sys.argv[6]))
+    if sys.argv[6] == "eof":  # hold until the parent closes our stdin
+        sys.stdin.read()
+    else:
+        time.sleep(float(sys.argv[6]))
 """)
 
 
-def spawn(sim: Simulator, size: int, count: int, hold: float) -> subprocess.Popen:
+def spawn(sim: Simulator, size: int, count: int, hold: float | str) -> subprocess.Popen:
+    """A child that allocates ``count`` blocks of ``size`` bytes, prints their addresses
+    and keeps them ``hold`` seconds (or, with "eof", until its stdin is closed)."""
     return subprocess.Popen([sys.executable, "-c", CHILD, sim.sysfs_root, sim.dev_root,
                              sim.run_dir, str(size), str(count), str(hold)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def ledger(backend: UdmabufBackend):  # type: ignore[no-untyped-def]
@@ -144,14 +148,14 @@ def test_compaction_keeps_the_ledger_small_and_consistent(backend: UdmabufBacken
 
 
 def test_many_processes_never_overlap(sim: Simulator, backend: UdmabufBackend) -> None:
-    children = [spawn(sim, 64 << 10, 20, 3) for _ in range(6)]
+    children = [spawn(sim, 64 << 10, 20, "eof") for _ in range(6)]
     seen = []
-    for child in children:
+    for child in children:  # each keeps its 20 blocks until all six have printed theirs
         seen += [int(a, 16) for a in child.stdout.readline().split()]  # type: ignore[union-attr]
+    for child in children:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait()
     assert len(set(seen)) == 120
     seen.sort()
     assert all(b - a >= 64 << 10 for a, b in zip(seen, seen[1:]))
-    for child in children:
-        child.wait()
-    time.sleep(0)
     assert ledger(backend).stats().used == 0
