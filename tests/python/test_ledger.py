@@ -159,3 +159,101 @@ def test_many_processes_never_overlap(sim: Simulator, backend: UdmabufBackend) -
     seen.sort()
     assert all(b - a >= 64 << 10 for a, b in zip(seen, seen[1:]))
     assert ledger(backend).stats().used == 0
+
+
+def other_spelling(sim: Simulator, name: str) -> UdmabufBackend:
+    """A backend that reaches the simulator's regions through a symlink to its sysfs
+    tree (as /sys/devices/... and /sys/class/... name one device): its handles are its
+    own, the ledger files the same."""
+    link = os.path.join(sim.root, name)
+    if not os.path.islink(link):
+        os.symlink(sim.sysfs_root, link)
+    return UdmabufBackend(link, sim.dev_root, sim.run_dir, ioctl=sim.ioctl)
+
+
+def test_handles_of_one_region_share_the_process_ledger(sim: Simulator,
+                                                        backend: UdmabufBackend) -> None:
+    """A second handle of a region in this process uses the ledger object (and owner
+    slot) already open, and closing it leaves the first one working."""
+    other = other_spelling(sim, "sysfs-link")
+    ours = allocate(4096, "u1", backend=backend)
+    theirs = allocate(4096, "u1", backend=other)
+    assert backend.handle(ours.region) is not other.handle(theirs.region)
+    assert ledger(other) is ledger(backend)
+    assert ledger(backend).holders(0) == {ledger(backend).slot: 1}
+    assert ledger(backend).holders(4096) == {ledger(backend).slot: 1}
+    theirs.freebuffer()
+    other.close()
+    again = allocate(4096, "u1", backend=backend)  # our handle's ledger is still open
+    assert again.device_address == 0x7E000000 + 4096
+    assert ledger(backend).stats().used == 8192
+    ledger(backend).check()
+    del ours, again
+
+
+def test_closing_one_ledger_keeps_the_process_ledgers_of_other_regions(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    kept = allocate(64, "u1", target="udmabuf1", backend=backend)
+    first = backend.handle(kept.region).ledger
+    other = other_spelling(sim, "sysfs-link")
+    allocate(64, "u1", target="udmabuf0", backend=other).freebuffer()
+    other.close()  # the last user of udmabuf0's ledger in this process
+    third = other_spelling(sim, "sysfs-link-2")
+    assert third.handle(third.region("udmabuf1")).ledger is first
+    del kept
+
+
+def test_closing_the_last_handle_closes_the_ledger_file(sim: Simulator,
+                                                        backend: UdmabufBackend) -> None:
+    """...which drops our owner slot's lock: the next process may take slot 0."""
+    allocate(64, "u1", backend=backend).freebuffer()
+    fd = ledger(backend).fd
+    path = os.path.join(sim.run_dir, "udmabuf0.ledger")
+    assert os.path.samefile(f"/proc/self/fd/{fd}", path)
+    backend.close()
+    assert not os.path.exists(f"/proc/self/fd/{fd}") or not os.path.samefile(
+        f"/proc/self/fd/{fd}", path)
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from pynq_alloc.backends.udmabuf import UdmabufBackend
+        backend = UdmabufBackend(*sys.argv[1:4])
+        print(backend.handle(backend.region()).ledger.slot)
+    """), sim.sysfs_root, sim.dev_root, sim.run_dir], capture_output=True, text=True,
+        check=True)
+    assert child.stdout.split() == ["0"]
+
+
+def test_a_free_during_a_ledger_operation_runs_when_it_ends(backend: UdmabufBackend) -> None:
+    """A buffer can die (garbage collection) while this thread is inside a ledger
+    operation: its free waits for the operation's end instead of re-entering it."""
+    buf = allocate(64, "u1", backend=backend)
+    led = ledger(backend)
+    offset = buf.device_address - 0x7E000000
+    with led._locked():
+        buf.freebuffer()
+        assert led._holds[offset] == {led.slot: 1}  # not yet
+        assert led._deferred == [offset]
+    assert led.holders(offset) == {}
+    assert led.stats().used == 0
+    led.check()
+
+
+def test_a_process_joining_after_the_first_compaction_sees_the_live_blocks(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    """The first compaction writes its snapshot after the old log (nothing fits before
+    it) and sets epoch 1: a process that opens the ledger then reads the snapshot, not
+    the first records of the old log."""
+    keep = [allocate(64, "u1", backend=backend) for _ in range(60)]
+    del keep[:10]  # the old log's first records are no longer the live set
+    led = ledger(backend)
+    interval = ledger_module._COMPACT_MIN_RECORDS
+    while led._epoch == 0:
+        allocate(64, "u1", backend=backend).freebuffer()
+    assert led._epoch == 1 and led._data_start > ledger_module._HEADER_SPACE
+    led.check()
+    assert led._records < interval
+    child = spawn(sim, 64, 10, 0)
+    theirs = {int(a, 16) for a in child.communicate()[0].split()}
+    ours = {b.device_address for b in keep}
+    assert len(theirs) == 10 and not theirs & ours
+    assert theirs == {0x7E000000 + 4096 * i for i in range(10)}  # the pages freed first
