@@ -131,7 +131,8 @@ def run(command: List[str]) -> int:
 
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
-    child = subprocess.Popen(command,
+    # this process runs no other thread: preexec_fn is safe here
+    child = subprocess.Popen(command,  # noqa: PLW1509
                              preexec_fn=lambda: libc.prctl(pr_set_pdeathsig, signal.SIGKILL))
     return 0 if child.wait() == 0 else 1
 
