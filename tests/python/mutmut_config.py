@@ -131,9 +131,12 @@ def run(command: List[str]) -> int:
 
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
+
+    def die_with_this_process() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
     # this process runs no other thread: preexec_fn is safe here
-    child = subprocess.Popen(command,  # noqa: PLW1509
-                             preexec_fn=lambda: libc.prctl(pr_set_pdeathsig, signal.SIGKILL))
+    child = subprocess.Popen(command, preexec_fn=die_with_this_process)  # noqa: PLW1509
     return 0 if child.wait() == 0 else 1
 
 
