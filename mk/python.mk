@@ -69,7 +69,7 @@ mutate: $(MUTMUT_VENV)/.stamp
 	mkdir -p $(BUILD)
 	MUTATE_SHARD=$(MUTATE_SHARD) PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
 		--tests-dir tests/python --simple-output --no-progress \
-		--runner "$(abspath $(MUTMUT_VENV))/bin/python tests/python/mutmut_config.py run env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --basetemp $(abspath $(BUILD))/mutate-tmp tests/python/test_pool.py tests/python/test_allocate.py" \
+		--runner "$(abspath $(MUTMUT_VENV))/bin/python tests/python/mutmut_config.py run env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --hypothesis-profile=mutate --basetemp $(abspath $(BUILD))/mutate-tmp tests/python/test_pool.py tests/python/test_allocate.py" \
 		|| true
 	PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut results
 	@PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/python tests/python/mutmut_config.py .mutmut-cache
