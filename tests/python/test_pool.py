@@ -234,3 +234,12 @@ def test_a_carve_outside_the_named_free_block_is_refused(
         pool.carve(free_start, offset, size)
     assert sorted(pool.free_blocks()) == before
     pool.check()
+
+
+def test_a_full_pool_reports_no_free_block() -> None:
+    pool = Pool(1 << 16, 0)
+    pool.allocate(1 << 16, 64)
+    stats = pool.stats()
+    assert (stats.used, stats.free, stats.largest_free, stats.blocks) == (1 << 16, 0, 0, 1)
+    with pytest.raises(OutOfMemoryError, match="largest free block is 0 bytes"):
+        pool.allocate(64, 64)
