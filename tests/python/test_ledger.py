@@ -316,3 +316,34 @@ def test_the_ledger_is_written_in_format_2(sim: Simulator, backend: UdmabufBacke
     assert head[8] == zlib.crc32(data[:HEADER.size - 4])
     assert list(RECORD.iter_unpack(data[128:])) == [(ALLOC, book.slot, tag, 0, 128, 0),
                                                     (FREE, book.slot, 0, 0, 0, 1)]
+
+
+LOCKER = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, (1 << 40) + int(sys.argv[2]))
+    print("locked", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_slot_is_alive_while_a_process_holds_its_lock_byte(sim: Simulator) -> None:
+    """Owner slot N is alive while some process holds a POSIX lock on byte 2**40 + N of
+    the ledger file (format 2): here a process that is no pynq_alloc client at all
+    holds slot 5's byte. Slot 5's block stays; dead slot 6's returns to the pool."""
+    os.makedirs(sim.run_dir)
+    path = os.path.join(sim.run_dir, "udmabuf0.ledger")
+    with open(path, "wb") as f:
+        f.write(ledger_file(0, [(ALLOC, 5, 0xA, 0, 4096, 0), (ALLOC, 6, 0xB, 4096, 4096, 4096)]))
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, path, "5"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline() == "locked\n"  # type: ignore[union-attr]
+        book = ledger(sim.backend())
+        assert book.slot not in (5, 6)
+        assert book.stats().used == 4096
+        assert book.live_blocks() == [(0, 4096, 5)]
+    finally:
+        locker.stdin.close()  # type: ignore[union-attr]
+        locker.wait()
+    assert book.stats().used == 0  # slot 5's lock went with its process
