@@ -61,6 +61,8 @@ def test_blocks_of_a_killed_process_return_on_the_next_allocation(
     assert ledger(backend).stats().used == 12 << 20
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
+    assert ledger(backend).reclaim_dead() == 12  # the blocks that went back
+    assert ledger(backend).reclaim_dead() == 0
     big = allocate(12 << 20, "u1", backend=backend)  # only fits once the dead blocks are back
     assert big.nbytes == 12 << 20
     big.freebuffer()
@@ -279,16 +281,18 @@ def ledger_file(epoch: int, records: list) -> bytes:
 
 def test_a_ledger_log_of_format_2_is_read_as_written(sim: Simulator) -> None:
     """Records of slots 5 and 6 (processes that have since exited): allocations, a
-    second holder, a share handed over, a growth and a free."""
+    second holder, a share handed over, a growth and frees."""
     os.makedirs(sim.run_dir)
     with open(os.path.join(sim.run_dir, "udmabuf0.ledger"), "wb") as f:
         f.write(ledger_file(0, [(ALLOC, 5, 0xA, 0, 4096, 0), (ALLOC, 5, 0xB, 4096, 4096, 4096),
                                 (HOLD, 6, 0xB, 4096, 0, 2), (SEND, 5, 0xA, 0, 0, 77),
                                 (RECV, 6, 0xA, 0, 0, 77), (GROW, 5, 0xB, 4096, 8192, 0),
-                                (FREE, 5, 0xA, 0, 0, 0)]))
+                                (FREE, 5, 0xA, 0, 0, 0), (HOLD, 6, 0xB, 4096, 0, 2),
+                                (FREE, 6, 0xB, 4096, 0, 0), (FREE, 6, 0xB, 4096, 0, 2)]))
     book = ledger(sim.backend())
     assert book.live_blocks() == [(0, 4096, 6), (4096, 8192, 5)]
-    assert book.holders(0) == {6: 1} and book.holders(4096) == {5: 1, 6: 2}
+    # FREE drops `aux` holds, 0 meaning one: slot 6 held 2 + 2 of block 4096, 1 is left
+    assert book.holders(0) == {6: 1} and book.holders(4096) == {5: 1, 6: 1}
     assert book.stats().used == 0  # both slots are dead: reclaimed
 
 
