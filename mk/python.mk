@@ -59,6 +59,9 @@ MUTMUT_VENV := $(VENV)/mutmut
 MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/allocate.py,$(PKG)/src/pynq_alloc/ledger.py
 MUTATE_EXAMPLES ?= 50
 MUTATE_SHARD ?=
+# MUTATE_KEEP=1 continues from .mutmut-cache: mutmut keeps the mutants it killed and, when
+# the tests changed since, tries every other one again (survivors, timeouts, untried).
+MUTATE_KEEP ?=
 MUTATE_BASELINE = $(shell PYTHONPATH=tests/python $(PYTHON) -c 'import mutmut_config as c; print(" ".join("tests/python/" + t for t in c.TESTS["ledger.py"]))')
 .PHONY: mutate
 $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/requirements.txt $(PKG)/pyproject.toml | deps
@@ -69,7 +72,7 @@ $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/require
 	touch $@
 
 mutate: $(MUTMUT_VENV)/.stamp
-	rm -f .mutmut-cache
+	$(if $(MUTATE_KEEP),,rm -f .mutmut-cache)
 	mkdir -p $(BUILD)
 	MUTATE_SHARD=$(MUTATE_SHARD) PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
 		--tests-dir tests/python --simple-output --no-progress \
