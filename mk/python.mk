@@ -51,9 +51,9 @@ run-sim: $(VENV)/np2/.stamp
 # part of `make test`: run it whenever those modules change. mutmut edits the files in
 # place and puts each back; its results stay in .mutmut-cache (`mutmut show <id>`, not
 # while a run is going). The runner's test list is only the baseline mutmut times (a
-# mutant running ten times as long is a timeout): the longest module list (ledger.py's),
-# so that a slow, loaded machine cannot turn a surviving mutant into a timeout; each
-# mutant runs its own list. The runner (mutmut_config.py run) counts any failing exit,
+# mutant running ten times as long is a timeout): test_ledger.py, which takes a quarter
+# of the longest module list (ledger.py's), so that a machine whose load goes up during
+# the run does not turn a slow survivor into a timeout; each mutant runs its own list. The runner (mutmut_config.py run) counts any failing exit,
 # a crash included, as a kill.
 MUTMUT_VENV := $(VENV)/mutmut
 MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/allocate.py,$(PKG)/src/pynq_alloc/ledger.py
@@ -62,7 +62,7 @@ MUTATE_SHARD ?=
 # MUTATE_KEEP=1 continues from .mutmut-cache: mutmut keeps the mutants it killed and, when
 # the tests changed since, tries every other one again (survivors, timeouts, untried).
 MUTATE_KEEP ?=
-MUTATE_BASELINE = $(shell PYTHONPATH=tests/python $(PYTHON) -c 'import mutmut_config as c; print(" ".join("tests/python/" + t for t in c.TESTS["ledger.py"]))')
+MUTATE_BASELINE ?= tests/python/test_ledger.py
 .PHONY: mutate
 $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/requirements.txt $(PKG)/pyproject.toml | deps
 	rm -rf $(MUTMUT_VENV)
