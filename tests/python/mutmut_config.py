@@ -41,7 +41,8 @@ NOT_MUTATED = {"Pool.check", "Ledger.check", "Pool.out_of_memory", "Ledger._reco
 #: of times, so a mutant only they would kill counts as a survivor here.
 TESTS = {
     "buffer.py": ["test_sync.py", "test_ioctl.py", "test_views.py", "test_lifetime.py",
-                  "test_allocate.py", "test_share.py", "test_dmabuf.py", "test_bad_inputs.py"],
+                  "test_allocate.py", "test_share.py", "test_dmabuf.py", "test_pynq_compat.py",
+                  "test_bad_inputs.py"],
     "udmabuf.py": ["test_ioctl.py", "test_sync.py", "test_backend.py", "test_bad_inputs.py",
                    "test_allocate.py"],
     "pool.py": ["test_pool.py", "test_allocate.py", "test_ledger.py", "test_dmabuf.py",
