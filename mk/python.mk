@@ -56,7 +56,7 @@ run-sim: $(VENV)/np2/.stamp
 # the run does not turn a slow survivor into a timeout; each mutant runs its own list. The runner (mutmut_config.py run) counts any failing exit,
 # a crash included, as a kill.
 MUTMUT_VENV := $(VENV)/mutmut
-MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/allocate.py,$(PKG)/src/pynq_alloc/ledger.py
+MUTATE_PATHS := $(PKG)/src/pynq_alloc/ledger.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/allocate.py
 MUTATE_EXAMPLES ?= 50
 MUTATE_SHARD ?=
 # MUTATE_KEEP=1 continues from .mutmut-cache: mutmut keeps the mutants it killed and, when
