@@ -213,10 +213,10 @@ CASES: List[Case] = [
          fault=set_attr("sync_mode", "0\n")),
     Case("sync beyond 4 GiB into a region", lambda s, b: sync_commands(5 << 30, 64, 1, 8 << 30),
          SyncError, "32-bit offset", "smaller than 4 GiB"),
-    Case("ledger corrupted while in use", alloc(), LedgerError, "corrupt",
+    Case("ledger corrupted while in use", alloc(), LedgerError, "of region udmabuf0 is corrupt",
          "Stop every process.*delete", fault=corrupt_ledger_in_use),
     Case("inherited ledger used in a forked child", as_other_process, LedgerError,
-         "belongs to process", "own handle"),
+         "ledger of region udmabuf0 belongs to process", "own handle"),
 ]
 
 

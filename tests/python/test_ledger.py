@@ -351,3 +351,52 @@ def test_a_slot_is_alive_while_a_process_holds_its_lock_byte(sim: Simulator) -> 
         locker.stdin.close()  # type: ignore[union-attr]
         locker.wait()
     assert book.stats().used == 0  # slot 5's lock went with its process
+
+
+SLOT_OF_NEXT = textwrap.dedent("""
+    import os, sys
+    from pynq_alloc.backends.udmabuf import UdmabufBackend
+    first = UdmabufBackend(*sys.argv[1:4])
+    handle = first.handle(first.region("udmabuf0"))
+    handle.mapping(True)  # the region's own descriptors first
+    if sys.argv[4] == "no-stdin":  # a daemon without stdin: the ledger gets descriptor 0
+        os.close(0)
+    book = handle.ledger
+    second = UdmabufBackend(os.path.join(sys.argv[5], "sysfs-link"), *sys.argv[2:4])
+    assert second.handle(second.region("udmabuf0")).ledger is book
+    from pynq_alloc import allocate
+    buf = allocate(64, "u1", backend=second)
+    del buf
+    print(book.fd, book.slot, book.stats().used, flush=True)
+""")
+
+
+def next_process(sim: Simulator, how: str) -> list:
+    link = os.path.join(sim.root, "sysfs-link")
+    if not os.path.islink(link):
+        os.symlink(sim.sysfs_root, link)
+    child = subprocess.run([sys.executable, "-c", SLOT_OF_NEXT, sim.sysfs_root, sim.dev_root,
+                            sim.run_dir, how, sim.root], capture_output=True, text=True,
+                           timeout=60)
+    assert child.returncode == 0, child.stderr
+    return [int(word) for word in child.stdout.split()]
+
+
+def test_a_recovered_ledger_leaves_the_other_slots_free(sim: Simulator) -> None:
+    """After a corrupt ledger is rebuilt (nobody used it), this process holds its one
+    slot only: the next process takes the next slot."""
+    path = os.path.join(sim.run_dir, "udmabuf0.ledger")
+    os.makedirs(sim.run_dir)
+    with open(path, "wb") as f:
+        f.write(b"garbage!" * 20)
+    with pytest.warns(RuntimeWarning, match="unusable"):
+        book = ledger(sim.backend())
+    assert book.slot == 0
+    assert next_process(sim, "stdin")[1] == 1
+
+
+def test_a_ledger_on_descriptor_0_is_shared_and_works(sim: Simulator) -> None:
+    """A daemon started without stdin gets descriptor 0 for the ledger file: it is a
+    descriptor like any other (shared by the process's handles, used, closed)."""
+    fd, slot, used = next_process(sim, "no-stdin")
+    assert (fd, slot, used) == (0, 0, 0)
