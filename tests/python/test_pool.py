@@ -243,3 +243,20 @@ def test_a_full_pool_reports_no_free_block() -> None:
     assert (stats.used, stats.free, stats.largest_free, stats.blocks) == (1 << 16, 0, 0, 1)
     with pytest.raises(OutOfMemoryError, match="largest free block is 0 bytes"):
         pool.allocate(64, 64)
+
+
+def test_the_bounded_scan_looks_at_eight_blocks_of_a_class() -> None:
+    """The boundary of the rule above: eight free blocks in the request's class, the one
+    that fits freed first (the last the scan looks at); a larger class has room too,
+    but the request still comes out of its own class."""
+    pool = Pool(1 << 20, 0)
+    fit = pool.allocate(6144, 64)
+    pool.allocate(64, 64)
+    small = []
+    for _ in range(7):
+        small.append(pool.allocate(4096, 64))
+        pool.allocate(64, 64)
+    for offset in [fit, *small]:
+        pool.release(offset)
+    assert pool.allocate(5000, 64) == fit
+    pool.check()
