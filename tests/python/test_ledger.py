@@ -191,8 +191,11 @@ def test_handles_of_one_region_share_the_process_ledger(sim: Simulator,
     again = allocate(4096, "u1", backend=backend)  # our handle's ledger is still open
     assert again.device_address == 0x7E000000 + 4096
     assert ledger(backend).stats().used == 8192
-    ledger(backend).check()
+    book = ledger(backend)
+    book.check()
     del ours, again
+    backend.close()  # the last handle of the two: the file is closed
+    assert book.fd == -1
 
 
 def test_closing_one_ledger_keeps_the_process_ledgers_of_other_regions(
