@@ -370,7 +370,10 @@ SLOT_OF_NEXT = textwrap.dedent("""
     from pynq_alloc import allocate
     buf = allocate(64, "u1", backend=second)
     del buf
-    print(book.fd, book.slot, book.stats().used, flush=True)
+    fd, slot, used = book.fd, book.slot, book.stats().used
+    first.close()
+    second.close()
+    print(fd, slot, used, int(os.path.exists(f"/proc/self/fd/{fd}")), flush=True)
 """)
 
 
@@ -400,6 +403,7 @@ def test_a_recovered_ledger_leaves_the_other_slots_free(sim: Simulator) -> None:
 
 def test_a_ledger_on_descriptor_0_is_shared_and_works(sim: Simulator) -> None:
     """A daemon started without stdin gets descriptor 0 for the ledger file: it is a
-    descriptor like any other (shared by the process's handles, used, closed)."""
-    fd, slot, used = next_process(sim, "no-stdin")
-    assert (fd, slot, used) == (0, 0, 0)
+    descriptor like any other (shared by the process's handles, used, closed with the
+    last of them)."""
+    fd, slot, used, still_open = next_process(sim, "no-stdin")
+    assert (fd, slot, used, still_open) == (0, 0, 0, 0)
