@@ -407,3 +407,26 @@ def test_a_ledger_on_descriptor_0_is_shared_and_works(sim: Simulator) -> None:
     last of them)."""
     fd, slot, used, still_open = next_process(sim, "no-stdin")
     assert (fd, slot, used, still_open) == (0, 0, 0, 0)
+
+
+def test_a_refused_ledger_operation_leaves_the_ledger_usable(sim: Simulator,
+                                                             backend: UdmabufBackend) -> None:
+    """A ledger operation that fails on entry (here: the header found corrupt) leaves
+    no trace: once the file is mended, a free takes effect at once and under the file
+    lock, as another process's replay of the file shows."""
+    buf = allocate(64, "u1", backend=backend)
+    book = ledger(backend)
+    path = os.path.join(sim.run_dir, "udmabuf0.ledger")
+    with open(path, "r+b") as f:
+        header = f.read(HEADER.size)
+        f.seek(0)
+        f.write(b"garbage!")
+    with pytest.raises(LedgerError, match="corrupt"):
+        allocate(64, "u1", backend=backend)
+    with open(path, "r+b") as f:
+        f.write(header)
+    buf.freebuffer()
+    assert book._deferred == [] and book.holders(0) == {}
+    assert book.stats().used == 0
+    child = spawn(sim, 64, 1, 0)  # replays the file: the block is free, so it gets it
+    assert child.communicate()[0].split() == [hex(0x7E000000)]
