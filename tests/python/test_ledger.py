@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 import zlib
 
 import pytest
@@ -441,3 +442,26 @@ def test_a_ledger_of_another_format_version_is_rebuilt_when_unused(sim: Simulato
     with pytest.warns(RuntimeWarning, match=r"format version 1 \(record size 32\) is not ours"):
         book = ledger(sim.backend())
     assert book.live_blocks() == []
+
+
+def test_a_record_past_the_committed_count_is_ignored(sim: Simulator,
+                                                      backend: UdmabufBackend) -> None:
+    """A process killed between writing a record and committing the header leaves
+    bytes past the last record the header counts: the others read up to the count."""
+    ours = allocate(64, "u1", backend=backend)
+    child = spawn(sim, 64, 1, 0)  # appends its ALLOC (and FREE) while our ledger is open
+    theirs = child.communicate()[0].split()
+    with open(os.path.join(sim.run_dir, "udmabuf0.ledger"), "ab") as f:
+        f.write(RECORD.pack(ALLOC, 9, 0xE, 1 << 20, 4096, 0))  # never committed
+    book = ledger(backend)
+    assert book.live_blocks() == [(ours.device_address - 0x7E000000, 64, book.slot)]
+    assert len(theirs) == 1 and int(theirs[0], 16) != ours.device_address
+    book.check()
+
+
+def test_a_new_ledger_file_is_started_without_a_warning(sim: Simulator) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        buf = allocate(64, "u1", backend=sim.backend())
+    assert os.path.getsize(os.path.join(sim.run_dir, "udmabuf0.ledger")) == 128 + 32  # 1 ALLOC
+    del buf
