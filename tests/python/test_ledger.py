@@ -481,3 +481,27 @@ def test_a_free_record_of_a_slot_that_holds_nothing_is_corruption(
     # is rebuilt silently)
     with pytest.raises(LedgerError, match=rf"corrupt \(record {len(records) - 1}: {why}\)"):
         ledger(sim.backend())
+
+
+def test_a_compaction_leaves_the_log_it_replaces_intact(backend: UdmabufBackend) -> None:
+    """Until the new header is written, the old one is the ledger: a process killed
+    right before that write must leave the records the old header counts untouched.
+    So the snapshot (here two blocks, small enough to fit where the log starts) goes
+    after the old log, and the bytes the old header points at do not change."""
+    keep = [allocate(64, "u1", backend=backend) for _ in range(2)]
+    book = ledger(backend)
+    while book._records < ledger_module._COMPACT_MIN_RECORDS - 2:
+        allocate(64, "u1", backend=backend).freebuffer()
+    buf = allocate(64, "u1", backend=backend)  # one record short of compacting
+    with open(book.path, "rb") as f:
+        before = f.read()
+    start, count = book._data_start, book._records
+    buf.freebuffer()  # its FREE record is the one that triggers the compaction
+    assert book._epoch == 1 and book._records == 2  # the snapshot: two BLOCK records
+    with open(book.path, "rb") as f:
+        after = f.read()
+    old_log = slice(start, start + count * RECORD.size)
+    assert after[old_log] == before[old_log]
+    assert book._data_start >= start + (count + 1) * RECORD.size
+    book.check()
+    del keep
