@@ -510,3 +510,23 @@ def test_a_compaction_leaves_the_log_it_replaces_intact(backend: UdmabufBackend)
     assert os.path.getsize(book.path) == book._data_start + book._records * RECORD.size
     book.check()
     del keep
+
+
+def test_reclaiming_a_dead_slot_keeps_our_own_slot_alive(sim: Simulator,
+                                                          backend: UdmabufBackend) -> None:
+    """We hold slot 1, a killed process held slot 0: reclaiming slot 0 (its lock byte
+    taken to check, then let go) must not let go of ours, or the next process would
+    reclaim our live blocks and be handed their memory."""
+    first = spawn(sim, 4096, 1, 60)
+    first.stdout.readline()  # type: ignore[union-attr]
+    kept = [allocate(4096, "u1", backend=backend)]
+    assert ledger(backend).slot == 1
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    first.stdout.close()  # type: ignore[union-attr]
+    kept.append(allocate(4096, "u1", backend=backend))  # reclaims slot 0 first
+    ours = {b.device_address for b in kept}
+    second = spawn(sim, 4096, 2, 0)
+    theirs = {int(a, 16) for a in second.communicate()[0].split()}
+    assert len(theirs) == 2 and not theirs & ours
+    assert ledger(backend).stats().used == 2 * 4096
