@@ -530,3 +530,16 @@ def test_reclaiming_a_dead_slot_keeps_our_own_slot_alive(sim: Simulator,
     theirs = {int(a, 16) for a in second.communicate()[0].split()}
     assert len(theirs) == 2 and not theirs & ours
     assert ledger(backend).stats().used == 2 * 4096
+
+
+def test_a_reclaimed_slot_is_free_for_the_next_process(sim: Simulator,
+                                                        backend: UdmabufBackend) -> None:
+    kept = allocate(4096, "u1", backend=backend)  # we hold slot 0
+    child = spawn(sim, 4096, 1, 60)  # slot 1
+    child.stdout.readline()  # type: ignore[union-attr]
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()  # type: ignore[union-attr]
+    assert ledger(backend).stats().used == 4096  # slot 1 reclaimed: its lock byte taken, let go
+    assert next_process(sim, "stdin")[1] == 1
+    del kept
