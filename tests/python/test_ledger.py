@@ -543,3 +543,13 @@ def test_a_reclaimed_slot_is_free_for_the_next_process(sim: Simulator,
     assert ledger(backend).stats().used == 4096  # slot 1 reclaimed: its lock byte taken, let go
     assert next_process(sim, "stdin")[1] == 1
     del kept
+
+
+def test_a_ledger_with_no_live_block_compacts_to_an_empty_snapshot(
+        backend: UdmabufBackend) -> None:
+    book = ledger(backend)
+    while book._epoch == 0:
+        allocate(64, "u1", backend=backend).freebuffer()
+    assert (book._records, book.stats().used) == (0, 0)
+    assert os.path.getsize(book.path) == ledger_module._HEADER_SPACE
+    book.check()
