@@ -59,11 +59,18 @@ run-sim: $(VENV)/sim/.stamp
 # part of `make test`: run it whenever those modules change. mutmut edits the files in
 # place and puts each back; its results stay in .mutmut-cache (`mutmut show <id>`, not
 # while a run is going). The runner's test list is only the baseline mutmut times (a
-# mutant running ten times as long is a timeout); each mutant runs its own list.
+# mutant running ten times as long is a timeout): test_ledger.py, which takes a quarter
+# of the longest module list (ledger.py's), so that a machine whose load goes up during
+# the run does not turn a slow survivor into a timeout; each mutant runs its own list. The runner (mutmut_config.py run) counts any failing exit,
+# a crash included, as a kill.
 MUTMUT_VENV := $(VENV)/mutmut
-MUTATE_PATHS := $(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/allocate.py,$(PKG)/src/pynq_alloc/ledger.py
+MUTATE_PATHS := $(PKG)/src/pynq_alloc/ledger.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/allocate.py
 MUTATE_EXAMPLES ?= 50
 MUTATE_SHARD ?=
+# MUTATE_KEEP=1 continues from .mutmut-cache: mutmut keeps the mutants it killed and, when
+# the tests changed since, tries every other one again (survivors, timeouts, untried).
+MUTATE_KEEP ?=
+MUTATE_BASELINE ?= tests/python/test_ledger.py
 .PHONY: mutate
 $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/requirements.txt $(PKG)/pyproject.toml | deps
 	rm -rf $(MUTMUT_VENV)
@@ -73,11 +80,11 @@ $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/require
 	touch $@
 
 mutate: $(MUTMUT_VENV)/.stamp
-	rm -f .mutmut-cache
+	$(if $(MUTATE_KEEP),,rm -f .mutmut-cache)
 	mkdir -p $(BUILD)
 	MUTATE_SHARD=$(MUTATE_SHARD) PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
 		--tests-dir tests/python --simple-output --no-progress \
-		--runner "env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --basetemp $(abspath $(BUILD))/mutate-tmp tests/python/test_pool.py tests/python/test_allocate.py" \
+		--runner "$(abspath $(MUTMUT_VENV))/bin/python tests/python/mutmut_config.py run env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --hypothesis-profile=mutate --basetemp $(abspath $(BUILD))/mutate-tmp $(MUTATE_BASELINE)" \
 		|| true
 	PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut results
 	@PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/python tests/python/mutmut_config.py .mutmut-cache

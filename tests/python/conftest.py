@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from pynq_alloc.backends.sim import SimRegion, Simulator
 from pynq_alloc.backends.udmabuf import UdmabufBackend
+
+# `make mutate` runs with --hypothesis-profile=mutate: the same examples on every run and
+# no example database (a failure saved while one mutant ran would be replayed against
+# the next), so that a mutant's verdict does not depend on what ran before it.
+settings.register_profile("mutate", database=None, derandomize=True)
 
 NONCOHERENT = SimRegion("udmabuf0", 16 << 20, 0x7E000000)
 COHERENT = SimRegion("udmabuf1", 8 << 20, 0x8_0000_0000, coherent=True)

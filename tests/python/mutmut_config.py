@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
-from typing import Any, Dict, Set
+from typing import Any, Dict, List, Set
 
 SRC = "python-pynq-alloc/src/pynq_alloc/"
 
@@ -41,12 +41,14 @@ NOT_MUTATED = {"Pool.check", "Ledger.check", "Pool.out_of_memory", "Ledger._reco
 #: of times, so a mutant only they would kill counts as a survivor here.
 TESTS = {
     "buffer.py": ["test_sync.py", "test_ioctl.py", "test_views.py", "test_lifetime.py",
-                  "test_allocate.py", "test_bad_inputs.py"],
+                  "test_allocate.py", "test_share.py", "test_dmabuf.py", "test_pynq_compat.py",
+                  "test_bad_inputs.py"],
     "udmabuf.py": ["test_ioctl.py", "test_sync.py", "test_backend.py", "test_bad_inputs.py",
                    "test_allocate.py"],
-    "pool.py": ["test_pool.py", "test_allocate.py", "test_ledger.py", "test_bad_inputs.py"],
-    "ledger.py": ["test_ledger.py", "test_bad_inputs.py", "test_lifetime.py",
-                  "test_allocate.py", "test_backend.py"],
+    "pool.py": ["test_pool.py", "test_allocate.py", "test_ledger.py", "test_dmabuf.py",
+                "test_bad_inputs.py"],
+    "ledger.py": ["test_allocate.py", "test_ledger.py", "test_share.py", "test_dmabuf.py",
+                  "test_lifetime.py", "test_backend.py", "test_bad_inputs.py"],
     "allocate.py": ["test_allocate.py", "test_bad_inputs.py"],
 }
 
@@ -113,8 +115,30 @@ def pre_mutation(context: Any) -> None:
     tests = " ".join(f"tests/python/{name}" for name in TESTS[os.path.basename(path)])
     # the runner's own test list (`make mutate` gives a short one: mutmut times it once
     # and gives each mutant ten times as long before it counts as a timeout)
-    prefix = context.config._default_test_command.split(" tests/python", 1)[0]
+    prefix = context.config._default_test_command.split(" tests/python/test_", 1)[0]
     context.config.test_command = f"{prefix} {tests}"
+
+
+def run(command: List[str]) -> int:
+    """The runner `make mutate` gives mutmut: ``command`` (pytest) in a child, exit
+    status 0 when it passed and 1 otherwise. mutmut 2 counts only status 1 as a failed
+    suite, so a mutant that crashes the interpreter (a NULL address handed to
+    ctypes.memset: SIGSEGV) or breaks collection (status 2) would count as a survivor
+    although CI would go red. The child dies with this process (PR_SET_PDEATHSIG), so
+    mutmut's timeout, which kills this process, stops the tests too."""
+    import ctypes
+    import signal
+    import subprocess
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def die_with_this_process() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    # this process runs no other thread: preexec_fn is safe here
+    child = subprocess.Popen(command, preexec_fn=die_with_this_process)  # noqa: PLW1509
+    return 0 if child.wait() == 0 else 1
 
 
 def score(*caches: str) -> str:
@@ -150,4 +174,6 @@ def score(*caches: str) -> str:
 if __name__ == "__main__":
     import sys
 
+    if sys.argv[1:2] == ["run"]:  # python mutmut_config.py run <pytest command...>
+        sys.exit(run(sys.argv[2:]))
     print(score(*sys.argv[1:]))

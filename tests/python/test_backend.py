@@ -105,3 +105,26 @@ def test_ledger_is_group_shared_whatever_the_umask(sim: Simulator) -> None:
     finally:
         os.umask(old)
     assert os.stat(os.path.join(sim.run_dir, "udmabuf0.ledger")).st_mode & 0o777 == 0o660
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the device another group")
+def test_ledger_takes_the_device_group_in_a_run_dir_without_setgid(sim: Simulator) -> None:
+    """A run directory made by hand (no setgid bit, root's group): the ledger file the
+    library creates in it is still given the device file's group, and stays ours."""
+    group = 4243
+    os.chown(sim.device_path("udmabuf0"), 0, group, follow_symlinks=False)
+    os.makedirs(sim.run_dir, mode=0o755)
+    os.chown(sim.run_dir, 0, 0)
+    allocate(4, backend=sim.backend())
+    st = os.stat(os.path.join(sim.run_dir, "udmabuf0.ledger"))
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, group, 0o660)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the device another group")
+def test_a_run_dir_the_library_creates_is_shared_by_the_device_group(sim: Simulator) -> None:
+    group = 4244
+    os.chown(sim.device_path("udmabuf0"), 0, group, follow_symlinks=False)
+    assert not os.path.exists(sim.run_dir)
+    allocate(4, backend=sim.backend())
+    st = os.stat(sim.run_dir)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, group, 0o2770)

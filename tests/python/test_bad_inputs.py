@@ -216,10 +216,10 @@ CASES: List[Case] = [
          fault=set_attr("sync_mode", "0\n")),
     Case("sync beyond 4 GiB into a region", lambda s, b: sync_commands(5 << 30, 64, 1, 8 << 30),
          SyncError, "32-bit offset", "smaller than 4 GiB"),
-    Case("ledger corrupted while in use", alloc(), LedgerError, "corrupt",
+    Case("ledger corrupted while in use", alloc(), LedgerError, "of region udmabuf0 is corrupt",
          "Stop every process.*delete", fault=corrupt_ledger_in_use),
     Case("inherited ledger used in a forked child", as_other_process, LedgerError,
-         "belongs to process", "own handle"),
+         "ledger of region udmabuf0 belongs to process", "own handle"),
 ]
 
 
@@ -301,3 +301,48 @@ def test_device_group_decides_who_may_allocate(sim: Simulator, member: bool) -> 
     else:
         assert "permission denied" in said and "usermod -aG dma" in said
     assert used_per_region(sim) == [0, 0]
+
+
+def test_a_ledger_this_user_cannot_open_is_named_with_the_fix(sim: Simulator) -> None:
+    """The device opens, its ledger file does not (mode 0600, another owner): the error
+    names the region, the ledger file and what to do. As root, a forked child drops to
+    an unprivileged user; otherwise the file is made unreadable to its owner."""
+    first = sim.backend()
+    allocate(4, backend=first).freebuffer()
+    first.close()  # the ledger is opened afresh below
+    path = os.path.join(sim.run_dir, "udmabuf0.ledger")
+    os.chmod(path, 0o600 if os.geteuid() == 0 else 0o000)
+    read, write = os.pipe()
+    pid = os.fork() if os.geteuid() == 0 else -1
+    if pid == 0:
+        code = 3
+        try:
+            for directory in (sim.root, os.path.dirname(sim.run_dir), sim.run_dir):
+                os.chmod(directory, 0o777)
+            os.chmod(sim.device_path("udmabuf0"), 0o666)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                allocate(4, backend=sim.backend())
+                os.write(write, b"allocated")
+            except PynqAllocError as exc:
+                os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    if pid > 0:
+        os.close(write)
+        assert os.waitpid(pid, 0)[1] == 0
+        said = os.read(read, 4096).decode()
+        os.close(read)
+    else:
+        os.close(read)
+        os.close(write)
+        with pytest.raises(PynqAllocError) as info:
+            allocate(4, backend=sim.backend())
+        said = f"{type(info.value).__name__}: {info.value}"
+    os.chmod(path, 0o660)
+    assert said.startswith("DevicePermissionError: cannot open the ledger of region udmabuf0: "
+                           f"permission denied on {path}"), said
+    assert "usermod -aG dma" in said

@@ -63,3 +63,28 @@ def test_pool_growth_takes_only_the_free_bytes_right_after_the_block() -> None:
     pool.check()
     with pytest.raises(InvalidArgumentError, match="no allocated block"):
         pool.grow(8192, 4096)
+
+
+def test_pool_growth_to_the_size_it_has_or_less_changes_nothing() -> None:
+    """An export of a block already whole pages grows nothing, even when the block after
+    it is in use (there is no free block to take from)."""
+    pool = Pool(1 << 16)
+    a = pool.allocate(4096, 4096)
+    pool.allocate(4096, 4096)  # right after a
+    before = sorted(pool.free_blocks())
+    assert pool.grow(a, 4096) == 4096
+    assert pool.grow(a, 64) == 4096
+    assert pool.block_size(a) == 4096 and sorted(pool.free_blocks()) == before
+    assert pool.stats().used == 8192
+    pool.check()
+
+
+def test_pool_growth_that_fills_the_free_block_after_leaves_no_empty_one() -> None:
+    pool = Pool(1 << 16)
+    a, b, c = (pool.allocate(4096, 4096) for _ in range(3))
+    pool.release(b)  # free: exactly [4096, 8192), then [12288, 65536)
+    assert pool.grow(a, 8192) == 4096
+    assert pool.block_size(a) == 8192 and pool.stats().used == 8192 + 4096
+    assert sorted(pool.free_blocks()) == [(12288, (1 << 16) - 12288)]
+    pool.check()
+    del c

@@ -171,6 +171,10 @@ def test_without_the_sync_ioctl_flushes_go_through_sysfs(region: SimRegion,
         # The fresh block's zero-fill clean is the first sync: the one ioctl attempt.
         assert [(c.request, c.errno) for c in sim.ioctl_calls()] == [
             (SET_SYNC_FOR_DEVICE, errno.ENOTTY)] * attempts
+        # ...and the clean still reaches the driver, through sysfs (ENOTTY loses nothing)
+        assert [(r.channel, r.attr, r.offset, r.size, r.direction) for r in sim.sync_requests()
+                if r.channel == "sysfs"] == [
+            ("sysfs", "sync_for_device", buf.device_address - BASE, 128, 1)]
         sim.clear_sync_requests()
         for _ in range(3):
             buf.flush()

@@ -163,3 +163,100 @@ def test_a_request_takes_the_smallest_fitting_class_not_the_first_free_block() -
     assert pool.allocate(4096, 64) == hole  # an exact fit, in its own class
     assert pool.stats().largest_free == big
     pool.check()
+
+
+
+def test_a_request_is_served_from_the_smallest_class_that_has_a_fit() -> None:
+    """Segregated fit, checked against a brute-force scan on random pools: a request
+    comes out of the smallest size class (floor of log2 of a free block's size) that
+    holds a block fitting it, also when smaller classes (its own included) hold only
+    blocks too small for it and when the block that fits is not the class's most
+    recent. Only states where every class up to that one holds at most the scan bound
+    (8) of blocks count: beyond it the search may take a block of a bigger class."""
+    rng = random.Random(16)
+    checked = 0
+    for _ in range(400):
+        pool = Pool(1 << 20, rng.choice([0, 0x7E001000]))
+        live = [pool.allocate(rng.randrange(64, 40000), rng.choice([64, 4096]))
+                for _ in range(rng.randrange(4, 30))]
+        for offset in rng.sample(live, len(live) // 2):
+            pool.release(offset)
+        size, align = pool.round_size(rng.randrange(64, 30000)), rng.choice([64, 4096])
+        free = dict(pool.free_blocks())
+        fitting = [start for start, _ in fits(pool, size, align)]
+        if not fitting:
+            continue
+        best = min(free[start].bit_length() - 1 for start in fitting)
+        classes = [n.bit_length() - 1 for n in free.values()]
+        if any(classes.count(c) > 8 for c in range(best + 1)):
+            continue
+        offset = pool.allocate(size, align)
+        start = next(s for s in fitting if s <= offset < s + free[s])
+        assert free[start].bit_length() - 1 == best, (free, size, align, offset)
+        checked += 1
+        pool.check()
+    assert checked > 150
+
+
+def test_an_exact_fit_only_the_exhaustive_pass_sees_is_taken() -> None:
+    """The one block that can hold the request holds it exactly, and it is behind
+    more blocks of its size class than the bounded scan looks at, all too small."""
+    pool = Pool(1 << 20, 0)
+    hole = pool.allocate(7168, 64)
+    small = []
+    for _ in range(20):
+        pool.allocate(64, 64)  # fences: no two holes merge
+        small.append(pool.allocate(4096, 64))
+    pool.allocate(pool.stats().largest_free, 64)  # no larger class
+    for offset in [hole, *small]:
+        pool.release(offset)
+    assert fits(pool, 7168, 64) == [(hole, hole)]
+    assert pool.allocate(7168, 64) == hole
+    pool.check()
+
+
+@pytest.mark.parametrize("free_start, offset, size", [
+    (0, 0, 4096 + 64),  # ends one granule past the free block
+    (0, 4096, 64),  # starts at the free block's end
+    (64, 64, 64),  # no free block starts there
+    (8192, 4096, 64),  # starts before the free block
+])
+def test_a_carve_outside_the_named_free_block_is_refused(
+        free_start: int, offset: int, size: int) -> None:
+    """What the ledger replays from other processes' records: a record naming a block
+    that is not inside a free block is refused, and the pool is unchanged."""
+    pool = Pool(1 << 16, 0)
+    fence = pool.allocate(4096, 64)
+    pool.allocate(4096, 64)
+    pool.release(fence)  # free: [0, 4096) and [8192, 65536)
+    before = sorted(pool.free_blocks())
+    with pytest.raises(InvalidArgumentError, match="is not inside a free block"):
+        pool.carve(free_start, offset, size)
+    assert sorted(pool.free_blocks()) == before
+    pool.check()
+
+
+def test_a_full_pool_reports_no_free_block() -> None:
+    pool = Pool(1 << 16, 0)
+    pool.allocate(1 << 16, 64)
+    stats = pool.stats()
+    assert (stats.used, stats.free, stats.largest_free, stats.blocks) == (1 << 16, 0, 0, 1)
+    with pytest.raises(OutOfMemoryError, match="largest free block is 0 bytes"):
+        pool.allocate(64, 64)
+
+
+def test_the_bounded_scan_looks_at_eight_blocks_of_a_class() -> None:
+    """The boundary of the rule above: eight free blocks in the request's class, the one
+    that fits freed first (the last the scan looks at); a larger class has room too,
+    but the request still comes out of its own class."""
+    pool = Pool(1 << 20, 0)
+    fit = pool.allocate(6144, 64)
+    pool.allocate(64, 64)
+    small = []
+    for _ in range(7):
+        small.append(pool.allocate(4096, 64))
+        pool.allocate(64, 64)
+    for offset in [fit, *small]:
+        pool.release(offset)
+    assert pool.allocate(5000, 64) == fit
+    pool.check()

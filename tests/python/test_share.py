@@ -164,6 +164,7 @@ def test_a_transfer_nobody_receives_ends_with_its_sender(sim: Simulator) -> None
     child.join(timeout=120)
     assert child.exitcode == 0
     assert ledger(backend).stats().used == 0  # the dead sender's in-flight hold went too
+    assert ledger(backend).in_flight() == 0  # and its transfer with it
     with pytest.raises(BufferFreedError):
         pickle.loads(sent)
 
