@@ -244,8 +244,9 @@ class Ledger:
             if (size, phys) != self._region_key:
                 raise _CorruptError(f"it describes a region of {size} bytes at {phys:#x}, "
                                f"not {self._region_key[0]} bytes at {self._region_key[1]:#x}")
-            self._catch_up()
+            self._replay_new_records()
         except _CorruptError as why:
+            # A bad record is as unusable as a bad header: rebuilt when nobody uses it.
             self._recover(str(why))
 
     def _recover(self, why: str) -> None:
@@ -269,14 +270,18 @@ class Ledger:
         self._blocks_of.clear()
         self._in_flight.clear()
 
+    def _replay_new_records(self) -> None:
+        """Bring the mirror up to the file; _CorruptError when the file is unusable."""
+        _, _, epoch, start, count = self._read_header()
+        if epoch != self._epoch:
+            self._reset_mirror()
+            self._epoch, self._data_start, self._records = epoch, start, 0
+        if count > self._records:
+            self._replay(self._records, count)
+
     def _catch_up(self) -> None:
         try:
-            _, _, epoch, start, count = self._read_header()
-            if epoch != self._epoch:
-                self._reset_mirror()
-                self._epoch, self._data_start, self._records = epoch, start, 0
-            if count > self._records:
-                self._replay(self._records, count)
+            self._replay_new_records()
         except _CorruptError as why:
             raise LedgerError(
                 f"the ledger {self.path} of region {self.region_name} is corrupt ({why}). Stop "
