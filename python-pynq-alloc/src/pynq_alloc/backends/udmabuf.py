@@ -431,6 +431,11 @@ def _system_ioctl(fd: int, request: int, arg: bytes) -> Any:
     return fcntl.ioctl(fd, request, arg)
 
 
+def _system_fdinfo(fd: int) -> str:
+    with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
 class UdmabufBackend:
     """Regions of the u-dma-buf driver under ``sysfs_root``, devices under ``dev_root``."""
 
@@ -438,12 +443,16 @@ class UdmabufBackend:
 
     def __init__(self, sysfs_root: str = DEFAULT_SYSFS_ROOT, dev_root: str = DEFAULT_DEV_ROOT,
                  run_dir: str = DEFAULT_RUN_DIR,
-                 ioctl: Optional[Callable[[int, int, bytes], Any]] = None) -> None:
+                 ioctl: Optional[Callable[[int, int, bytes], Any]] = None,
+                 fdinfo: Optional[Callable[[int], str]] = None) -> None:
         self.sysfs_root = sysfs_root
         self.dev_root = dev_root
         self.run_dir = run_dir
         #: ioctl(2) on a /dev/<name> descriptor; the simulator passes its emulation of the driver's
         self.ioctl: Callable[[int, int, bytes], Any] = _system_ioctl if ioctl is None else ioctl
+        #: the text of /proc/self/fdinfo/<fd> (OSError when fd is not open), where a dma-buf
+        #: shows its size, exporter and name; the simulator adds those of its emulated dma-bufs
+        self.fdinfo: Callable[[int], str] = _system_fdinfo if fdinfo is None else fdinfo
         self._regions: Optional[Dict[str, RegionInfo]] = None
         self._handles: Dict[str, RegionHandle] = {}
         self._lock = threading.Lock()
