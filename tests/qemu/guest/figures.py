@@ -6,6 +6,11 @@ reference measured side by side in the same guest, one line per figure:
 - flush / invalidate of 4 KiB and 1 MiB (cacheable buffer) vs the same u-dma-buf
   call made bare: fcntl.ioctl(SET_SYNC_FOR_DEVICE / SET_SYNC_FOR_CPU) on the
   device with the encoded command, no library;
+- flush / invalidate of 4 KiB and 1 MiB of an imported buffer (from_dmabuf of the
+  buffer's own export) through the region (what Buffer.flush/invalidate do: the
+  encoded SET_SYNC_FOR_DEVICE / SET_SYNC_FOR_CPU ioctl on /dev/<region>) vs the
+  dma-buf's DMA_BUF_IOCTL_SYNC (END|WRITE / START|READ on the fd), which u-dma-buf
+  turns into the same cache maintenance over the export's whole range;
 - allocate+free of 4 KiB vs numpy.empty;
 - copy of 1 MiB into and out of a cacheable buffer vs a write-combine one
   (allocate(..., cacheable=True) vs cacheable=False).
@@ -78,6 +83,38 @@ def sync_figures(region: Any) -> None:
         os.close(fd)
 
 
+DMA_BUF_IOCTL_SYNC = 0x40086200
+DMA_BUF_SYNC_READ, DMA_BUF_SYNC_WRITE, DMA_BUF_SYNC_END = 1, 2, 4
+
+
+def import_sync_figures(region: Any) -> None:
+    if region.ioctl_version < 2:
+        print(f"{MARK} info no import sync figures: u-dma-buf {region.driver_version} "
+              f"has no export ioctl", flush=True)
+        return
+    for nbytes, label, number in ((4096, "4 KiB", 300), (1 << 20, "1 MiB", 30)):
+        buf = pynq_alloc.allocate(nbytes, "u1", target=region.name, cacheable=True)
+        dmabuf = buf.export()
+        imported = pynq_alloc.from_dmabuf(dmabuf.fd, (nbytes,), "u1")
+        try:
+            fd = dmabuf.fd
+            end_write = struct.pack("Q", DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE)
+            start_read = struct.pack("Q", DMA_BUF_SYNC_READ)
+            imported.flush()
+            figure(f"imported flush {label}: region ioctl vs DMA_BUF_IOCTL_SYNC",
+                   best_us(imported.flush, number),
+                   best_us(lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, end_write), number),
+                   "us")
+            figure(f"imported invalidate {label}: region ioctl vs DMA_BUF_IOCTL_SYNC",
+                   best_us(imported.invalidate, number),
+                   best_us(lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, start_read), number),
+                   "us")
+        finally:
+            imported.freebuffer()
+            dmabuf.close()
+            buf.freebuffer()
+
+
 def allocate_figure(region: Any) -> None:
     def ours() -> None:
         pynq_alloc.allocate(1024, "u4", target=region.name).freebuffer()
@@ -124,6 +161,7 @@ def main() -> int:
     print(f"{MARK} info figures on {region.name} ({region.size} bytes, sync_mode "
           f"{region.sync_mode}, coherent {region.coherent})", flush=True)
     sync_figures(region)
+    import_sync_figures(region)
     allocate_figure(region)
     copy_figures(region)
     return 0
