@@ -152,6 +152,7 @@ def test_export_is_a_dma_buf_of_the_buffers_pages(backend: UdmabufBackend) -> No
     first = allocate(100, "u1", backend=backend)  # the exported buffer is not at the start
     buf = allocate(5000, "u1", backend=backend)
     region = buf.region
+    assert first.device_address == region.phys_addr
     with buf.export() as dmabuf:
         info = fdinfo(backend, dmabuf.fd)
         assert info["exp_name"] == region.name
@@ -165,6 +166,7 @@ def test_the_dma_buf_reaches_the_buffers_bytes_and_syncs_its_whole_range(
         sim: Simulator, backend: UdmabufBackend) -> None:
     first = allocate(3 * PAGE, "u1", backend=backend)
     buf = allocate(PAGE, "u1", backend=backend, cacheable=True)
+    assert first.device_address == buf.region.phys_addr
     buf[:] = 0x11
     with buf.export() as dmabuf:
         start = sim.dmabuf_file_offset(dmabuf.fd)
