@@ -626,10 +626,6 @@ def build_overlay(build: Path, base: Path, driver: Driver, mode: str) -> Path:
                 moddir = base / f"kernel/lib/modules/{abi}"
                 needed = module_closure(moddir, modinfo_depends(ko)) if modinfo_depends(ko) \
                     else []
-                # A second dma-buf importer for tests/target/test_dmabuf.py: the kernel's
-                # V4L2 test driver (vivid) and what it needs, when the kernel ships it.
-                if list(moddir.glob("kernel/drivers/media/test-drivers/vivid/vivid.ko*")):
-                    needed += [m for m in module_closure(moddir, ["vivid"]) if m not in needed]
                 for rel in needed:
                     dst = root / f"lib/modules/{abi}" / rel
                     dst.parent.mkdir(parents=True, exist_ok=True)
