@@ -119,14 +119,33 @@ def import_sync_figures(region: Any) -> None:
             end_write = struct.pack("Q", DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE)
             start_read = struct.pack("Q", DMA_BUF_SYNC_READ)
             imported.flush()
-            figure(f"imported flush {label}: region ioctl vs DMA_BUF_IOCTL_SYNC",
-                   *interleaved_us(imported.flush,
-                                   lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, end_write),
-                                   number), "us")
-            figure(f"imported invalidate {label}: region ioctl vs DMA_BUF_IOCTL_SYNC",
-                   *interleaved_us(imported.invalidate,
-                                   lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, start_read),
-                                   number), "us")
+            dev = os.open(region.device_path, os.O_RDWR | os.O_CLOEXEC)
+            offset = imported.device_address - region.phys_addr
+            to_dev = encoded(offset, nbytes, TO_DEVICE)
+            from_dev = encoded(offset, nbytes, FROM_DEVICE)
+            try:
+                figure(f"imported flush {label}: Buffer.flush vs bare DMA_BUF_IOCTL_SYNC",
+                       *interleaved_us(imported.flush,
+                                       lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, end_write),
+                                       number), "us")
+                figure(f"imported invalidate {label}: Buffer.invalidate vs bare "
+                       f"DMA_BUF_IOCTL_SYNC",
+                       *interleaved_us(imported.invalidate,
+                                       lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, start_read),
+                                       number), "us")
+                figure(f"imported flush {label}: bare region ioctl vs bare DMA_BUF_IOCTL_SYNC",
+                       *interleaved_us(
+                           lambda: fcntl.ioctl(dev, SET_SYNC_FOR_DEVICE, to_dev),
+                           lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, end_write), number),
+                       "us")
+                figure(f"imported invalidate {label}: bare region ioctl vs bare "
+                       f"DMA_BUF_IOCTL_SYNC",
+                       *interleaved_us(
+                           lambda: fcntl.ioctl(dev, SET_SYNC_FOR_CPU, from_dev),
+                           lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, start_read), number),
+                       "us")
+            finally:
+                os.close(dev)
         finally:
             imported.freebuffer()
             dmabuf.close()
