@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import struct
@@ -63,6 +62,8 @@ class DmaBuf:
         self.size = size
         self.device_address = address
         self.region = block.handle.region.name
+        # the backend's ioctl: the system call, or the simulator's emulation of the dma-buf
+        self._ioctl = block.handle.backend.ioctl
         block.exports += 1
 
     def fileno(self) -> int:
@@ -78,7 +79,7 @@ class DmaBuf:
         """``DMA_BUF_IOCTL_SYNC`` on the descriptor: bracket CPU access made through a
         mapping of the dma-buf itself (``start=True`` before, ``False`` after)."""
         flags = (DMA_BUF_SYNC_READ if read else 0) | (DMA_BUF_SYNC_WRITE if write else 0)
-        fcntl.ioctl(self.fileno(), DMA_BUF_IOCTL_SYNC,
+        self._ioctl(self.fileno(), DMA_BUF_IOCTL_SYNC,
                     struct.pack("<Q", flags | (0 if start else DMA_BUF_SYNC_END)))
 
     def close(self) -> None:
@@ -129,15 +130,15 @@ def export(block: Block, cacheable: bool) -> DmaBuf:
     flags = os.O_RDWR | os.O_CLOEXEC | (0 if cacheable else os.O_SYNC)
     args = bytearray(_EXPORT_ARGS.pack(flags, size, block.offset, 0, -1))
     try:
-        fcntl.ioctl(handle.device_fd(), U_DMA_BUF_IOCTL_EXPORT, args)
+        handle.backend.ioctl(handle.device_fd(), U_DMA_BUF_IOCTL_EXPORT, args)
     except OSError as exc:
         if exc.errno in (errno.ENOTTY, errno.ENOSYS, errno.EOPNOTSUPP):
             raise DriverInterfaceError(
                 f"region {region.name} cannot export dma-bufs: its driver "
                 f"({region.driver_version}, ioctl interface {region.ioctl_version}) has no "
                 f"export ioctl (u-dma-buf "
-                f"built without U_DMA_BUF_EXPORT, older than ioctl interface 2, or the "
-                f"simulator). Between processes of ours, use buf.share() instead.",
+                f"built without U_DMA_BUF_EXPORT or older than ioctl interface 2). Between "
+                f"processes of ours, use buf.share() instead.",
                 exc.errno, region.device_path) from None
         raise device_error(exc, f"cannot export a dma-buf of region {region.name}",
                            region.device_path) from exc
@@ -146,14 +147,13 @@ def export(block: Block, cacheable: bool) -> DmaBuf:
     # An old kernel without dma-buf names: foreign importers don't need it, ours refuse.
     # The ioctl's argument is the string's address itself (fcntl passes a copy's).
     with contextlib.suppress(OSError):
-        fcntl.ioctl(fd, DMA_BUF_SET_NAME_B, name)
+        handle.backend.ioctl(fd, DMA_BUF_SET_NAME_B, name)
     return DmaBuf(block, fd, size, address)
 
 
-def _fdinfo(fd: int) -> Dict[str, str]:
+def _fdinfo(backend: UdmabufBackend, fd: int) -> Dict[str, str]:
     try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        lines = backend.fdinfo(fd).splitlines()
     except OSError as exc:
         raise InvalidArgumentError(f"fd={fd} is not an open file descriptor ({exc.strerror})"
                                    ) from None
@@ -181,11 +181,11 @@ def from_dmabuf(fd: Union[int, Any], shape: Union[int, Tuple[int, ...]], dtype: 
     if not isinstance(number, int) or isinstance(number, bool):
         raise InvalidArgumentError(f"fd={fd!r} is not a file descriptor: pass an int or an "
                                    f"object with fileno(), such as a DmaBuf")
-    info = _fdinfo(number)
+    found = get_backend(backend)
+    info = _fdinfo(found, number)
     if "exp_name" not in info:
         raise InvalidArgumentError(f"fd={number} is not a dma-buf (its fdinfo has no exp_name): "
                                    f"pass a descriptor made by Buffer.export()")
-    found = get_backend(backend)
     names = {r.name for r in found.regions()}
     match = _NAME.fullmatch(info.get("name", ""))
     if info["exp_name"] not in names or match is None:

@@ -23,8 +23,20 @@ Emulated faithfully (u-dma-buf v5.5.0, ``u-dma-buf.c`` and ``u-dma-buf-ioctl.h``
     size), decodes a sync command like ``udmabuf_sync_command_argments()``
     and answers EINVAL where the range leaves the region. GET_DRV_INFO,
     GET_SIZE, GET_DMA_ADDR, GET_SYNC_OWNER, GET_DEV_INFO, GET_SYNC, SET_SYNC and
-    SET_SYNC_FOR_CPU/DEVICE are emulated; EXPORT answers ENOTTY, as a driver
-    built without dma-buf export does;
+    SET_SYNC_FOR_CPU/DEVICE are emulated;
+  * dma-buf export (EXPORT; ENOTTY with ``SimRegion(export=False)``, as a driver
+    built without ``U_DMA_BUF_EXPORT``): the checks of
+    ``udmabuf_export_create_entry()`` (EINVAL for an offset or size that is not
+    page-aligned, offset + size past the region's size, open flags other than
+    O_CLOEXEC | O_SYNC | O_ACCMODE), ``addr`` = ``phys_addr + offset``, and a new
+    descriptor with the asked access mode and O_CLOEXEC: a link of the region
+    file opened and unlinked under ``dmabuf/`` (the same pages as the region, any
+    process may receive it with ``socket.recv_fds``, it outlives the exporter),
+    which the simulator knows as a dma-buf through ``/proc/self/fd``. Its fdinfo
+    (the backend's ``fdinfo``) shows ``size``, ``exp_name`` and ``name`` as
+    ``dma_buf_show_fdinfo()`` does; its ioctls are the dma-buf's
+    (``DMA_BUF_IOCTL_SYNC``, recorded as the driver's sync over the export's whole
+    range, ``DMA_BUF_SET_NAME``; ENOTTY for the rest);
   * the sysfs cache-sync files: with ``record_syncs=True`` ``sync_for_cpu`` and
     ``sync_for_device`` are FIFOs read by the simulator, which decodes each
     write exactly as the driver does (``kstrtoull(..., 0)``, then ``1`` = use
@@ -43,7 +55,10 @@ the kernel's ENOTTY, so it syncs through the sysfs files, as with an old driver.
 Not emulated (checked on the real driver by the on-target suite in QEMU):
   * caching itself (O_SYNC, write-combine, Device memory): the file is always
     coherent memory, so cache-state bugs cannot show up on a host;
-  * ``sync_owner`` changes after a sync, dma-buf export;
+  * ``sync_owner`` changes after a sync;
+  * where a mapping of an exported descriptor starts: at the region's first byte
+    (pass :meth:`Simulator.dmabuf_file_offset` as mmap's offset), where the real
+    dma-buf's starts at the buffer's and ends at its size; fdinfo's ``count``;
   * the kernel's refusals on sysfs: EACCES on read-only attributes for root,
     EINVAL returned to the writer of a sync file (it is recorded instead),
     MAP_PRIVATE's BUG().
@@ -85,6 +100,8 @@ class SimRegion:
     ioctl_version: int = IOCTL_VERSION
     #: False: /dev/<name> answers every ioctl with ENOTTY (whatever ioctl_version says)
     ioctls: bool = True
+    #: False: a driver built without U_DMA_BUF_EXPORT (EXPORT answers ENOTTY)
+    export: bool = True
 
 
 #: udmabuf0 like the QEMU board's non-coherent pool; udmabuf1 above 4 GiB and
@@ -106,8 +123,21 @@ class SyncRequest:
     direction: int  # 0 bidirectional, 1 to device, 2 from device
     raw: str
     valid: bool  # False where the driver answers EINVAL
-    channel: str = "sysfs"  # "sysfs" (a write to the attribute) or "ioctl"
+    channel: str = "sysfs"  # "sysfs" (a write to the attribute), "ioctl" or "dmabuf"
     request: int = 0  # the ioctl request number (0 for sysfs)
+
+
+@dataclass(frozen=True)
+class SimDmaBuf:
+    """What the kernel keeps of one emulated dma-buf (its struct dma_buf and u-dma-buf's
+    export entry): the exporting region, the range and the name set on it."""
+
+    id: str
+    region: str
+    offset: int
+    size: int
+    force_sync: bool  # O_SYNC asked at export: the entry maps like an O_SYNC open
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,7 +159,18 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _DRV_INFO = struct.Struct("<Q16s")
 _THREE_U64 = struct.Struct("<QQQ")  # dev_info {flags, size, addr}, sync_args {flags, size, offset}
-_EXPORT_SIZE = 40  # {u64 flags, size, offset, addr; int fd} padded to 8
+_EXPORT_ARGS = struct.Struct("<QQQQi4x")  # {u64 flags, size, offset, addr; int fd} padded to 8
+_EXPORT_SIZE = _EXPORT_ARGS.size
+# The flags an export may ask for (udmabuf_export_create_entry: O_CLOEXEC | O_SYNC | O_ACCMODE)
+_EXPORT_FD_FLAGS = os.O_CLOEXEC | os.O_SYNC | os.O_ACCMODE
+
+# The dma-buf file's own ioctls (linux/dma-buf.h, magic 'b'): SYNC takes {u64 flags};
+# SET_NAME's argument is the name's address (_IOW('b', 1, u32) and the u64 variant 'B').
+DMA_BUF_IOCTL_SYNC = 0x40086200
+DMA_BUF_SET_NAME_A = 0x40046201
+DMA_BUF_SET_NAME_B = 0x40086201
+DMA_BUF_SYNC_READ, DMA_BUF_SYNC_WRITE, DMA_BUF_SYNC_END = 1, 2, 4
+DMA_BUF_NAME_LEN = 32  # with the NUL
 
 # Bits of the encoded sync command (driver: SYNC_COMMAND_*_MASK).
 _CMD_ARGUMENT_MASK = 0xFFFFFFFFFFFFFFFE
@@ -199,6 +240,8 @@ class Simulator:
         self.sysfs_root = os.path.join(self.root, "sys", "class", "u-dma-buf")
         self.dev_root = os.path.join(self.root, "dev")
         self.run_dir = os.path.join(self.root, "run", "pynq-alloc")
+        #: the emulated dma-bufs' state (what the kernel keeps in struct dma_buf), by id
+        self.dmabuf_root = os.path.join(self.root, "dmabuf")
         self.regions = {r.name: r for r in regions}
         self.record_syncs = record_syncs
         self._requests: List[SyncRequest] = []
@@ -212,6 +255,7 @@ class Simulator:
         self._thread: Optional[threading.Thread] = None
         for region in regions:
             self._lay_out(region)
+        os.makedirs(self.dmabuf_root, exist_ok=True)
         self._devices: Dict[Tuple[int, int], SimRegion] = {}
         for region in regions:
             st = os.stat(self.device_path(region.name))
@@ -280,6 +324,15 @@ class Simulator:
     def ioctl(self, fd: int, request: int, arg: Any = 0) -> Any:
         """ioctl(2) as the driver answers it on the simulator's device files (any other
         descriptor goes to the real ioctl); raises OSError with the driver's errno."""
+        dmabuf = self.dmabuf_of(fd)
+        if dmabuf is not None:  # before the device check: its inode is the region file's
+            try:
+                result = self._answer_dmabuf(fd, dmabuf, request, arg)
+            except OSError as exc:
+                self._log_ioctl(dmabuf.region, request, arg, exc.errno or 0, dmabuf)
+                raise
+            self._log_ioctl(dmabuf.region, request, arg, 0, dmabuf)
+            return result
         try:
             st = os.fstat(fd)
         except OSError:
@@ -297,7 +350,7 @@ class Simulator:
 
     def _answer(self, region: SimRegion, request: int, arg: Any) -> Any:
         name = _NAME_OF.get(request) if region.ioctls and region.ioctl_version > 0 else None
-        if name is None or name == "EXPORT":
+        if name is None or (name == "EXPORT" and not region.export):
             # The driver's switch knows none of it (wrong type, number, direction or size),
             # has no ioctls at all (ioctl_version 0), or was built without dma-buf export.
             raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
@@ -326,6 +379,8 @@ class Simulator:
             reply = _THREE_U64.pack(flags, sync_size, offset)
         elif name == "SET_SYNC":
             self._set_sync(region, *_THREE_U64.unpack_from(data))
+        elif name == "EXPORT":
+            reply = self._export(region, data)
         else:  # SET_SYNC_FOR_CPU / SET_SYNC_FOR_DEVICE
             (command,) = _U64.unpack_from(data)
             decoded = decode_sync_command(command, lambda: self._stored_sync(region.name),
@@ -338,6 +393,96 @@ class Simulator:
             return reply + data[len(reply):]
         memoryview(arg).cast("B")[:len(reply)] = reply  # a mutable buffer, filled in place
         return 0
+
+    def _export(self, region: SimRegion, data: bytes) -> bytes:
+        """EXPORT as u-dma-buf's udmabuf_export_create_entry() checks it, then a new
+        descriptor of the region's memory file that the simulator knows as a dma-buf."""
+        flags, size, offset, _, _ = _EXPORT_ARGS.unpack_from(data)
+        fd_flags = flags & 0xFFFFFFFF  # GET_U_DMA_BUF_IOCTL_FLAGS_EXPORT_FD_FLAGS: bits 0..31
+        if offset % PAGE_SIZE or size % PAGE_SIZE or offset + size > region.size \
+                or fd_flags & ~_EXPORT_FD_FLAGS:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        ident = f"{os.getpid()}-{os.urandom(6).hex()}"
+        entry = SimDmaBuf(ident, region.name, offset, size, bool(fd_flags & os.O_SYNC))
+        self._store_dmabuf(entry)
+        path = os.path.join(self.dmabuf_root, ident)
+        # A link of the region file, opened and unlinked: the descriptor reaches the
+        # region's pages and names the dma-buf ("<path> (deleted)" in /proc/self/fd).
+        os.link(self.device_path(region.name), path)
+        try:
+            fd = os.open(path, fd_flags & os.O_ACCMODE)
+        finally:
+            os.unlink(path)
+        os.set_inheritable(fd, not fd_flags & os.O_CLOEXEC)  # dma_buf_fd(dmabuf, flags)
+        return _EXPORT_ARGS.pack(flags, size, offset, region.phys_addr + offset, fd)
+
+    def _store_dmabuf(self, entry: SimDmaBuf) -> None:
+        path = os.path.join(self.dmabuf_root, entry.id + ".state")
+        with open(path + ".new", "w", encoding="utf-8") as f:
+            f.write(f"{entry.region}\n{entry.offset}\n{entry.size}\n{int(entry.force_sync)}\n"
+                    f"{entry.name}\n")
+        os.replace(path + ".new", path)
+
+    def dmabuf_of(self, fd: int) -> Optional[SimDmaBuf]:
+        """The emulated dma-buf ``fd`` refers to (in any process of this simulator's
+        directory, e.g. received with ``socket.recv_fds``), or None."""
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        folder, _, base = target.removesuffix(" (deleted)").rpartition("/")
+        if folder != self.dmabuf_root:
+            return None
+        try:
+            with open(os.path.join(self.dmabuf_root, base + ".state"), encoding="utf-8") as f:
+                region, offset, size, force_sync, name = f.read().split("\n")[:5]
+        except (OSError, ValueError):
+            return None
+        return SimDmaBuf(base, region, int(offset), int(size), force_sync == "1", name)
+
+    def dmabuf_file_offset(self, fd: int) -> int:
+        """Where the emulated dma-buf's first byte is in ``fd``'s file: pass it as mmap's
+        offset (the real dma-buf maps from 0; see the module docstring)."""
+        dmabuf = self.dmabuf_of(fd)
+        if dmabuf is None:
+            raise ValueError(f"fd={fd} is not a dma-buf of this simulator")
+        return dmabuf.offset
+
+    def fdinfo(self, fd: int) -> str:
+        """/proc/self/fdinfo/<fd>, with the lines dma_buf_show_fdinfo() adds for a dma-buf
+        (size, exp_name = the device name u-dma-buf exports under, name once set)."""
+        with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        dmabuf = self.dmabuf_of(fd)
+        if dmabuf is None:
+            return text
+        text += f"size:\t{dmabuf.size}\nexp_name:\t{dmabuf.region}\n"
+        return text + (f"name:\t{dmabuf.name}\n" if dmabuf.name else "")
+
+    def _answer_dmabuf(self, fd: int, dmabuf: SimDmaBuf, request: int, arg: Any) -> Any:
+        """The dma-buf file's ioctls as the kernel's dma_buf_ioctl() answers them."""
+        if request not in (DMA_BUF_IOCTL_SYNC, DMA_BUF_SET_NAME_A, DMA_BUF_SET_NAME_B):
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))  # u-dma-buf's own, too
+        if isinstance(arg, int):
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+        data = bytes(memoryview(arg).cast("B"))
+        if request == DMA_BUF_IOCTL_SYNC:
+            if len(data) < _U64.size:
+                raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+            (flags,) = _U64.unpack_from(data)
+            if flags & ~(DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE | DMA_BUF_SYNC_END) \
+                    or not flags & (DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE):
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return arg if isinstance(arg, bytes) else 0
+        # SET_NAME: strndup_user(arg, DMA_BUF_NAME_LEN): at most 31 bytes and the NUL
+        end = data.find(b"\0", 0, DMA_BUF_NAME_LEN)
+        if end < 0:
+            short = len(data) < DMA_BUF_NAME_LEN  # the kernel would read past the string
+            raise OSError(errno.EFAULT if short else errno.EINVAL,
+                          os.strerror(errno.EFAULT if short else errno.EINVAL))
+        self._store_dmabuf(SimDmaBuf(dmabuf.id, dmabuf.region, dmabuf.offset, dmabuf.size,
+                                     dmabuf.force_sync, data[:end].decode("utf-8", "replace")))
+        return arg if isinstance(arg, bytes) else 0
 
     def _set_sync(self, region: SimRegion, flags: int, size: int, offset: int) -> None:
         """SET_SYNC: store direction (0..2), mode (> 0), offset, size (> 0), then run
@@ -355,12 +500,17 @@ class Simulator:
             if stored[0] + stored[1] > region.size:
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    def _log_ioctl(self, region: str, request: int, arg: Any, answer: int) -> None:
+    def _log_ioctl(self, region: str, request: int, arg: Any, answer: int,
+                   dmabuf: Optional[SimDmaBuf] = None) -> None:
         if self._ioctl_log < 0:
             return
         command = b"-"
-        if _NAME_OF.get(request) in ("SET_SYNC_FOR_CPU", "SET_SYNC_FOR_DEVICE") \
-                and not isinstance(arg, int) and len(memoryview(arg).cast("B")) >= _U64.size:
+        whole = not isinstance(arg, int) and len(memoryview(arg).cast("B")) >= _U64.size
+        if dmabuf is not None:
+            if request == DMA_BUF_IOCTL_SYNC and whole:
+                flags = _U64.unpack_from(bytes(memoryview(arg).cast("B")))[0]
+                command = b"dmabuf:%#x:%#x:%#x" % (flags, dmabuf.offset, dmabuf.size)
+        elif _NAME_OF.get(request) in ("SET_SYNC_FOR_CPU", "SET_SYNC_FOR_DEVICE") and whole:
             command = b"%#x" % _U64.unpack_from(bytes(memoryview(arg).cast("B")))[0]
         # one write of less than PIPE_BUF bytes: atomic, also from forked children
         os.write(self._ioctl_log, b"%s %#x %s %d\n" % (region.encode(), request, command, answer))
@@ -418,6 +568,16 @@ class Simulator:
         region, request_text, command_text, answer_text = line.split()
         request, answer = int(request_text, 16), int(answer_text)
         self._ioctl_calls.append(IoctlCall(region, request, answer))
+        if command_text.startswith("dmabuf:"):
+            if answer == 0:
+                # u-dma-buf's begin_cpu/end_cpu: sync_for_cpu/_device over the whole export
+                flags, offset, size = (int(v, 16) for v in command_text.split(":")[1:])
+                rw = flags & (DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)
+                direction = {DMA_BUF_SYNC_READ: 2, DMA_BUF_SYNC_WRITE: 1}.get(rw, 0)
+                attr = "sync_for_device" if flags & DMA_BUF_SYNC_END else "sync_for_cpu"
+                self._requests.append(SyncRequest(region, attr, offset, size, direction,
+                                                  command_text, True, "dmabuf", request))
+            return
         name = _NAME_OF.get(request)
         if name not in ("SET_SYNC_FOR_CPU", "SET_SYNC_FOR_DEVICE") \
                 or answer not in (0, errno.EINVAL):
@@ -468,7 +628,8 @@ class Simulator:
     def backend(self) -> UdmabufBackend:
         """A udmabuf backend that sees this simulator's files instead of the driver's,
         its ioctls answered by :meth:`ioctl`."""
-        return UdmabufBackend(self.sysfs_root, self.dev_root, self.run_dir, ioctl=self.ioctl)
+        return UdmabufBackend(self.sysfs_root, self.dev_root, self.run_dir, ioctl=self.ioctl,
+                              fdinfo=self.fdinfo)
 
     def close(self) -> None:
         if self._thread is not None:

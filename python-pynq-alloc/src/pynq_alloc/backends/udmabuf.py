@@ -15,7 +15,7 @@ import re
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -427,9 +427,14 @@ class RegionHandle:
             self._ledger = None
 
 
-def _system_ioctl(fd: int, request: int, arg: bytes) -> Any:
+def _system_ioctl(fd: int, request: int, arg: Union[bytes, bytearray]) -> Any:
     # fcntl.ioctl looked up at each call, so that a test may wrap it (tests/target does)
     return fcntl.ioctl(fd, request, arg)
+
+
+def _system_fdinfo(fd: int) -> str:
+    with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 class UdmabufBackend:
@@ -439,12 +444,17 @@ class UdmabufBackend:
 
     def __init__(self, sysfs_root: str = DEFAULT_SYSFS_ROOT, dev_root: str = DEFAULT_DEV_ROOT,
                  run_dir: str = DEFAULT_RUN_DIR,
-                 ioctl: Optional[Callable[[int, int, bytes], Any]] = None) -> None:
+                 ioctl: Optional[Callable[[int, int, Union[bytes, bytearray]], Any]] = None,
+                 fdinfo: Optional[Callable[[int], str]] = None) -> None:
         self.sysfs_root = sysfs_root
         self.dev_root = dev_root
         self.run_dir = run_dir
         #: ioctl(2) on a /dev/<name> descriptor; the simulator passes its emulation of the driver's
-        self.ioctl: Callable[[int, int, bytes], Any] = _system_ioctl if ioctl is None else ioctl
+        self.ioctl: Callable[[int, int, Union[bytes, bytearray]], Any] = (
+            _system_ioctl if ioctl is None else ioctl)
+        #: the text of /proc/self/fdinfo/<fd> (OSError when fd is not open), where a dma-buf
+        #: shows its size, exporter and name; the simulator adds those of its emulated dma-bufs
+        self.fdinfo: Callable[[int], str] = _system_fdinfo if fdinfo is None else fdinfo
         self._regions: Optional[Dict[str, RegionInfo]] = None
         self._handles: Dict[str, RegionHandle] = {}
         self._lock = threading.Lock()
