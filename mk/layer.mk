@@ -2,7 +2,10 @@
 #   make test-layer           (in make test) oelint-adv with zero findings, kas files
 #                             against kas's own schema, the udev rule, tmpfiles.d and
 #                             volatiles entries (real systemd-tmpfiles), the board DTBs
-#                             the device-tree append makes (real cpp/dtc), layout rules,
+#                             the device-tree append makes (real cpp/dtc), the DTB of
+#                             every board kas file built by pynq-alloc-board-dtb's own
+#                             commands from the kernel's dts (Debian's linux-source,
+#                             fetched once into build/layer/kernel-dts), layout rules,
 #                             the contract with the other areas
 #   make test-layer-bitbake   (not in make test: needs the OpenEmbedded git servers, or
 #                             mirrors in LAYER_GIT_PREMIRRORS) real bitbake on wrynose and
@@ -11,11 +14,14 @@
 #                             bitbake expands checked against the oeqa guards and docs.
 #                             As root, bitbake runs as BITBAKE_USER (default pynq-bitbake,
 #                             created if missing). About 10 minutes on 2 cores.
-APT_PACKAGES += python3 python3-venv systemd cpp device-tree-compiler
+APT_PACKAGES += python3 python3-venv systemd cpp device-tree-compiler gcc python3-dev xz-utils
 TEST_TARGETS += test-layer
 
 LAYER_VENV := $(VENV)/layer
 LAYER_YOCTO_SRC := $(BUILD)/layer/src
+# The kernel's dts for the board DTB check: Debian's linux-source package.
+LAYER_KERNEL_PKG ?= linux-source-6.12
+LAYER_KERNEL_DTS := $(BUILD)/layer/kernel-dts
 # OE-Core's host tools for parsing (its documented Debian list, less the compilers
 # and what a build needs but a parse does not), and the locale bitbake needs.
 LAYER_BITBAKE_APT := chrpath cpio diffstat file gawk git locales lz4 patch socat \
@@ -29,7 +35,9 @@ $(LAYER_VENV)/.stamp: tests/layer/requirements.txt | deps
 
 # pytest exits 5 when it collected no test: make fails on it like on any other failure.
 test-layer: deps $(LAYER_VENV)/.stamp
-	$(LAYER_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider tests/layer \
+	tests/layer/kernel-dts $(LAYER_KERNEL_DTS) $(LAYER_KERNEL_PKG)
+	LAYER_KERNEL_DTS=$(abspath $(LAYER_KERNEL_DTS))/linux \
+	    $(LAYER_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider tests/layer \
 	    --ignore=tests/layer/test_bitbake.py
 
 test-layer-bitbake: deps $(LAYER_VENV)/.stamp
