@@ -15,9 +15,10 @@ What bitbake would do, done here with the real tools:
 - the kernel tree (STAGING_KERNEL_DIR) is Debian's linux-source package
   (tests/layer/kernel-dts, given by LAYER_KERNEL_DTS; default linux-source-6.12,
   mainline 6.12), not linux-xlnx 6.6.40 (v2024.2), which meta-xilinx scarthgap builds
-  and which CI cannot fetch (GitHub). Both trees have every board dts the kas files
-  name; only arch/*/boot/dts/xilinx of the kernel is present, which is all a Xilinx
-  board dts includes. The bitbake side (parse, task graph, the recipe's variables) is
+  and which CI cannot fetch (GitHub). linux-xlnx's published tree has every board dts
+  the kas files name too (looked up file by file, not at the pinned commit; its board
+  dts may differ in content from mainline's). Only arch/*/boot/dts/xilinx of the
+  kernel is present, which is all a Xilinx board dts includes. The bitbake side (parse, task graph, the recipe's variables) is
   checked by make test-layer-bitbake.
 Real cpp, dtc, fdtoverlay (Debian's device-tree-compiler) and pylibfdt."""
 from __future__ import annotations
