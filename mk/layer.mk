@@ -11,9 +11,12 @@
 #                             mirrors in LAYER_GIT_PREMIRRORS) real bitbake on wrynose and
 #                             scarthgap: OE-Core + bitbake checked out at the kas lock
 #                             commits, bitbake -p, bitbake -g of both images, and what
-#                             bitbake expands checked against the oeqa guards and docs.
+#                             bitbake expands checked against the oeqa guards and docs;
+#                             then every kas/<board>.yml on scarthgap + meta-arm +
+#                             meta-xilinx (kas/zcu102.lock.yml): bitbake -p, -g, -e.
 #                             As root, bitbake runs as BITBAKE_USER (default pynq-bitbake,
-#                             created if missing). About 10 minutes on 2 cores.
+#                             created if missing). About 10 minutes on 2 cores, and
+#                             3 to 9 more a board.
 APT_PACKAGES += python3 python3-venv systemd cpp device-tree-compiler gcc python3-dev xz-utils
 TEST_TARGETS += test-layer
 
