@@ -44,7 +44,7 @@ help:
 	@echo "Yocto layer (meta-pynq-alloc/, kas/, mk/layer.mk):"
 	@echo "  make test-layer       oelint-adv, kas schema, layer checks; bitbake -p/-g with POKY_DIR=..."
 	@echo "                        (its venv .venv/layer/ holds kas: .venv/layer/bin/kas build kas/qemuarm64.yml)"
-	@echo "  make test-layer-bitbake   bitbake -p/-g and the oeqa guards on both series (upstream checkouts; not in make test)"
+	@echo "  make test-layer-bitbake   bitbake -p/-g and the oeqa guards on both series, -p/-g/-e of every kas/<board>.yml (upstream checkouts; not in make test)"
 	@echo "QEMU arm64 harness (tests/qemu/, mk/qemu.mk):"
 	@echo "  make run-qemu         what make run runs: boot, seed example, target suite, report"
 	@echo "  make test-qemu        one boot running the target suite (tests/target/)"

@@ -498,11 +498,19 @@ def test_kas_qemuarm64_with_ptest_builds_the_ptest_image_on_wrynose():
     assert "ptest" in cfg["local_conf_header"]["ptest"]
 
 
-def test_kas_zynqmp_file_uses_scarthgap_with_meta_xilinx_and_meta_arm():
-    cfg = kas_config("kas/zynqmp-generic.yml")
+XILINX_BOARDS = ("zcu102", "zcu104", "kv260", "ultra96v2", "rfsoc4x2", "zc702", "pynq-z1", "pynq-z2")
+
+
+@pytest.mark.parametrize("board", XILINX_BOARDS)
+def test_kas_board_file_uses_scarthgap_with_meta_xilinx_meta_arm_and_our_dtb(board):
+    cfg = kas_config(f"kas/{board}.yml")
     assert cfg["defaults"]["repos"]["branch"] == "scarthgap"
     assert "meta-xilinx-core" in cfg["repos"]["meta-xilinx"]["layers"]
     assert {"meta-arm", "meta-arm-toolchain"} <= set(cfg["repos"]["meta-arm"]["layers"])
+    assert cfg["machine"] in ("zynqmp-common", "zynq-common")
+    conf = "\n".join(cfg["local_conf_header"].values())
+    assert 'PREFERRED_PROVIDER_virtual/dtb = "pynq-alloc-board-dtb"' in conf
+    assert re.search(r'^PYNQ_ALLOC_BOARD_DTS = "\S+\.dts"$', conf, re.M), conf
 
 
 # --- oeqa (testimage) ---------------------------------------------------------------
