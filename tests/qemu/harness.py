@@ -1184,9 +1184,10 @@ def report(build: Path, base: Path, con: Console, driver: Driver, args, elapsed:
     if figures:
         print("  figures   (ratios measured side by side in this guest; TCG, not hardware "
               "timings)")
-        for fig in figures:
-            name, ours, ref, unit, ratio = [x.strip() for x in fig.split("|")]
-            print(f"  figure    {name:<52} {ours:>10} vs {ref:>10} {unit:<5} ratio {ratio}")
+        rows = [[x.strip() for x in fig.split("|")] for fig in figures]
+        width = max(len(row[0]) for row in rows)
+        for name, ours, ref, unit, ratio in rows:
+            print(f"  figure    {name:<{width}} {ours:>10} vs {ref:>10} {unit:<5} ratio {ratio}")
     for why, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
         print(f"  SKIP x{count}: {why}")
     where = "on the real u-dma-buf driver" if real else \
