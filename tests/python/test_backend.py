@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from as_user import as_nobody
 from pynq_alloc import (
     DevicePermissionError,
     DriverNotFoundError,
@@ -56,28 +57,10 @@ def test_unreadable_device_gives_a_permission_error_that_names_the_group(sim: Si
     for directory in (sim.root, sim.dev_root, os.path.dirname(sim.sysfs_root),
                       os.path.dirname(os.path.dirname(sim.sysfs_root))):
         os.chmod(directory, 0o755)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 3
-        try:
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-            try:
-                allocate(4, backend=sim.backend())
-                os.write(write, b"allocated")
-            except DevicePermissionError as exc:
-                os.write(write, f"DevicePermissionError: {exc}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    said = os.read(read, 4096).decode()
-    os.close(read)
-    assert status == 0
+    def work() -> str:
+        allocate(4, backend=sim.backend())
+        return "allocated"
+    said = as_nobody(work)
     assert said.startswith("DevicePermissionError") and "group 'dma'" in said, said
 
 
