@@ -1,4 +1,4 @@
-"""Run a piece of a test as another user: a forked child that drops root to nobody."""
+"""Run a piece of a test in a forked child, as this user or as nobody."""
 
 from __future__ import annotations
 
@@ -15,19 +15,26 @@ def as_nobody(work: Callable[[], str], groups: Sequence[int] = ()) -> str:
     to uid and gid nobody with these supplementary groups; otherwise it runs as the
     user it is. Returns what ``work`` returned, or "<ErrorType>: <message>" of the
     PynqAllocError it raised; any other failure of the child fails the test."""
+    return in_forked_child(work, drop_root=True, groups=groups)
+
+
+def in_forked_child(work: Callable[[], str], drop_root: bool = False,
+                    groups: Sequence[int] = (), catch: type = PynqAllocError) -> str:
+    """``work()`` in a forked child (as nobody when ``drop_root`` and root); what it
+    returned, or "<ErrorType>: <message>" of the ``catch`` exception it raised."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 3
         try:
             os.close(read)
-            if os.geteuid() == 0:
+            if drop_root and os.geteuid() == 0:
                 os.setgroups(list(groups))
                 os.setgid(NOBODY)
                 os.setuid(NOBODY)
             try:
                 said = work()
-            except PynqAllocError as exc:
+            except catch as exc:
                 said = f"{type(exc).__name__}: {exc}"
             os.write(write, said.encode())
             code = 0
@@ -37,5 +44,5 @@ def as_nobody(work: Callable[[], str], groups: Sequence[int] = ()) -> str:
     _, status = os.waitpid(pid, 0)
     with os.fdopen(read, "rb") as pipe:
         said = pipe.read().decode()
-    assert status == 0, f"the child running as nobody failed (status {status:#x}): {said}"
+    assert status == 0, f"the forked child failed (status {status:#x}): {said}"
     return said

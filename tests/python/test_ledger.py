@@ -10,8 +10,10 @@ import sys
 import textwrap
 import warnings
 import zlib
+from pathlib import Path
 
 import pytest
+from as_user import in_forked_child
 from pynq_alloc import LedgerError, allocate
 from pynq_alloc import ledger as ledger_module
 from pynq_alloc.backends.sim import Simulator
@@ -619,3 +621,54 @@ def test_a_hold_taken_and_dropped_reads_the_same_in_another_process(
     child.stdin.close()  # type: ignore[union-attr]
     child.wait()
     assert seen_elsewhere() == "0 []"
+
+
+def test_a_forked_child_freeing_the_parents_block_does_nothing(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    """The child's copy of the ledger is the parent's: its free() returns without
+    touching the file (it must not try to lock it as if it were its own)."""
+    buf = allocate(4096, "u1", backend=backend)
+    offset = buf.device_address - REGION[1]
+    parent_ledger = ledger(backend)
+    records_before = os.path.getsize(parent_ledger.path)
+
+    def in_child() -> str:
+        parent_ledger.free(offset)
+        return "returned"
+    assert in_forked_child(in_child, catch=Exception) == "returned"
+    assert os.path.getsize(parent_ledger.path) == records_before
+    assert parent_ledger.holders(offset) == {parent_ledger.slot: 1}
+    del buf
+
+
+def test_a_second_free_of_the_same_block_writes_nothing(
+        sim: Simulator, backend: UdmabufBackend) -> None:
+    """A block already given back (or reclaimed) is not freed again: no FREE record
+    that another process's replay would find corrupt."""
+    lg = ledger(backend)
+    offset, _, _ = lg.allocate(4096, 4096)
+    lg.free(offset)
+    size = os.path.getsize(lg.path)
+    lg.free(offset)
+    assert os.path.getsize(lg.path) == size
+    assert subprocess.run([sys.executable, "-c", USAGE_IN_ANOTHER_PROCESS, sim.sysfs_root,
+                           sim.dev_root, sim.run_dir, str(offset)], check=True,
+                          capture_output=True, text=True).stdout.strip() == "0 []"
+    lg.check()
+
+
+def test_a_ledger_directory_made_by_another_process_meanwhile_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process may create the directory between the existence check and
+    mkdir: that is no error."""
+    run_dir = tmp_path / "pynq-alloc"
+    run_dir.mkdir()
+    real_isdir, calls = os.path.isdir, []
+
+    def not_there_at_first(path: str) -> bool:  # the check ran before the other mkdir
+        calls.append(path)
+        return False if len(calls) == 1 else real_isdir(path)
+    monkeypatch.setattr(ledger_module.os.path, "isdir", not_there_at_first)
+    ledger_module._ensure_dir(str(run_dir), None)
+    assert calls[0] == str(run_dir)
+    assert run_dir.is_dir()
