@@ -157,3 +157,19 @@ def test_the_readmes_include_path_example_runs_as_written(tmp_path):
     result = dttools.run(["bash", "-c", f"set -e\n{script}"], cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "[overlap]" in result.stdout and "Traceback" not in result.stderr, result.stdout
+
+
+def test_a_tree_without_a_u_dma_buf_node_holds_the_rules_but_says_so(tmp_path, virt_dtb):
+    """Nothing in it is wrong, and nothing in it makes a region: the output says both."""
+    plain = tmp_path / "plain.dts"
+    plain.write_text("/dts-v1/;\n/ { #address-cells = <1>; #size-cells = <1>;\n"
+                     "memory@0 { device_type = \"memory\"; reg = <0x0 0x40000000>; }; };\n")
+    dtb, _ = dttools.compile_dts(plain, tmp_path)
+    result = dttools.run([PYNQ_ALLOC, "check-dtb", dtb, virt_dtb])
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, second = result.stdout.splitlines()
+    assert "rules hold" in first and "no u-dma-buf node" in first, first
+    assert "no u-dma-buf node" not in second, second
+    report = json.loads(dttools.run([PYNQ_ALLOC, "check-dtb", "--json", dtb, virt_dtb]).stdout)
+    assert [sorted(f["u_dma_buf_nodes"]) for f in report["files"]] == [
+        [], ["/dma-buffer-0", "/dma-buffer-1"]]

@@ -395,3 +395,14 @@ def test_tool_refuses_with_the_reason(tmp_path, name):
     assert result.stderr.startswith("pynq-alloc-dtb: error: ")
     assert not out.exists()
 
+
+
+@pytest.mark.parametrize("mode", ["0", "4", "7"])
+def test_tool_refuses_a_sync_mode_the_driver_refuses(tmp_path, mode):
+    """u-dma-buf's probe takes sync-mode 1 to 3 only (SYNC_MODE_MIN/MAX)."""
+    board = tmp_path / "board.dtb"
+    small_board(board)
+    out = tmp_path / "out.dtb"
+    result = run_tool("--in", board, "--out", out, "--cma", "16M", "--sync-mode", mode)
+    assert result.returncode == 2 and "--sync-mode" in result.stderr, result.stderr
+    assert "invalid choice" in result.stderr and not out.exists()

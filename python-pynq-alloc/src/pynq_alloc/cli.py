@@ -222,7 +222,7 @@ def _unreadable_dtb_hint(path: str, errno_value: Optional[int]) -> str:
 
 def cmd_check_dtb(files: Sequence[str], as_json: bool, page_size: int,
                   cma_alignment: int) -> int:
-    from .dtcheck import RULES, check
+    from .dtcheck import RULES, check, u_dma_buf_nodes
 
     reports: List[Dict[str, Any]] = []
     for path in files:
@@ -236,14 +236,19 @@ def cmd_check_dtb(files: Sequence[str], as_json: bool, page_size: int,
         problems = check(blob, page_size=page_size, cma_alignment=cma_alignment,
                          source=path)
         reports.append({"file": path, "ok": not problems,
-                        "problems": [vars(p) for p in problems]})
+                        "problems": [vars(p) for p in problems],
+                        "u_dma_buf_nodes": u_dma_buf_nodes(blob, path)})
     if as_json:
         print(json.dumps({"rules": list(RULES), "files": reports}, indent=2))
     else:
         for report in reports:
             found: List[Dict[str, str]] = report["problems"]
             if not found:
-                print(f"{report['file']}: all {len(RULES)} rules hold")
+                print(f"{report['file']}: all {len(RULES)} rules hold"
+                      + ("" if report["u_dma_buf_nodes"] else
+                         " (but it has no u-dma-buf node: the driver makes no region from "
+                         "this tree, only from udmabufN= module parameters; add pools "
+                         "with pynq-alloc-dtb or the board files)"))
                 continue
             print(f"{report['file']}: {len(found)} problem(s)")
             for p in found:

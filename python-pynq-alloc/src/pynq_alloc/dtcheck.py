@@ -44,6 +44,7 @@ RULES = (
     "alignment",  # regions are whole pages
     "cma-alignment",  # CMA regions are pageblock (4 MiB) aligned
     "udmabuf-size",  # a u-dma-buf size is 1 or 2 cells, non-zero
+    "udmabuf-properties",  # sync-mode, sync-direction, dma-mask in the driver's ranges
     "unique-device",  # u-dma-buf names and minors are unique, minors <= 255
     "memory-region",  # memory-region is one phandle to a shared-dma-pool region
     "fits-region",  # the buffers on a region fit in it as the kernel allocates them
@@ -125,6 +126,13 @@ def check(
     checker = _Checker(Fdt(dtb, source), page_size, cma_alignment)
     checker.run()
     return checker.problems
+
+
+def u_dma_buf_nodes(dtb: bytes, source: str = "the DTB") -> list[str]:
+    """Paths of the nodes the driver probes (compatible "ikwzm,u-dma-buf")."""
+    tree = Fdt(dtb, source)
+    return [path for offset, path in tree.nodes()
+            if U_DMA_BUF in tree.string_list(offset, "compatible")]
 
 
 class _Checker:
@@ -347,6 +355,7 @@ class _Checker:
             if size is None:
                 continue
             self.check_device_identity(offset, path, names, minors)
+            self.check_driver_ranges(offset, path)
             target = self.buffer_region(offset, path)
             if target is not None:
                 users.setdefault(target, []).append((path, size))
@@ -363,6 +372,26 @@ class _Checker:
             self.fail(path, "udmabuf-size", "size 0: the driver refuses to probe")
             return None
         return size
+
+    # u-dma-buf v5.5.0's probe refuses a node whose value is outside these ranges
+    # ("invalid sync-mode property value" and the like): property, lowest, highest, and
+    # what each value means.
+    DRIVER_RANGES = (
+        ("sync-mode", 1, 3, "1 uncached, 2 write-combine, 3 dma-coherent mapping for O_SYNC"),
+        ("sync-direction", 0, 2, "0 bidirectional, 1 to device, 2 from device"),
+        ("dma-mask", 12, 64, "the number of address bits the device can drive"),
+    )
+
+    def check_driver_ranges(self, offset: int, path: str) -> None:
+        for name, low, high, meaning in self.DRIVER_RANGES:
+            cells = self.tree.cells(offset, name)
+            if not cells:
+                continue  # absent (or empty): of_property_read_u32 fails, the default holds
+            # The driver reads the first cell (of_property_read_u32).
+            if not low <= cells[0] <= high:
+                self.fail(path, "udmabuf-properties",
+                          f"{name} = <{cells[0]}>: the driver takes {low} to {high} "
+                          f"({meaning}) and refuses to probe otherwise")
 
     def check_device_identity(
         self, offset: int, path: str, names: dict[str, str], minors: dict[int, str]
