@@ -80,6 +80,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .._platform import PAGE_SIZE
+from ..errors import InvalidArgumentError
 from .udmabuf import UdmabufBackend
 
 DRIVER_VERSION = "5.5.0"
@@ -440,6 +441,22 @@ class Simulator:
             return None
         return SimDmaBuf(base, region, int(offset), int(size), force_sync == "1", name)
 
+    def _refuse_other_simulators_dmabuf(self, fd: int) -> None:
+        """A descriptor exported by another simulator (another process that did not
+        share PYNQ_ALLOC_SIM_DIR) means nothing here: say so, rather than 'no dma-buf'."""
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
+        except OSError:
+            return
+        folder = os.path.dirname(target)
+        if os.path.basename(folder) == "dmabuf" and folder != self.dmabuf_root \
+                and os.path.isdir(os.path.join(os.path.dirname(folder), "sys")):
+            raise InvalidArgumentError(
+                f"fd={fd} was exported by the simulator under {os.path.dirname(folder)}, "
+                f"and this process runs its own under {self.root}: give both processes the "
+                f"same simulator (PYNQ_ALLOC_SIM_DIR=<a directory> in the environment of "
+                f"both, e.g. set before the pool or spawn starts)")
+
     def dmabuf_file_offset(self, fd: int) -> int:
         """Where the emulated dma-buf's first byte is in ``fd``'s file: pass it as mmap's
         offset (the real dma-buf maps from 0; see the module docstring)."""
@@ -455,6 +472,7 @@ class Simulator:
             text = f.read()
         dmabuf = self.dmabuf_of(fd)
         if dmabuf is None:
+            self._refuse_other_simulators_dmabuf(fd)
             return text
         text += f"size:\t{dmabuf.size}\nexp_name:\t{dmabuf.region}\n"
         return text + (f"name:\t{dmabuf.name}\n" if dmabuf.name else "")
