@@ -431,8 +431,8 @@ def test_a_descriptor_of_another_simulator_names_the_shared_directory_fix(
     """A process that did not share PYNQ_ALLOC_SIM_DIR runs a simulator of its own: a
     descriptor the other one exported is named as such, with the fix."""
     buf = allocate(4096, "u1", backend=backend)
-    with buf.export() as exported, Simulator() as other:
-        with pytest.raises(InvalidArgumentError,
-                           match=r"exported by the simulator under .*PYNQ_ALLOC_SIM_DIR"):
-            from_dmabuf(exported.fileno(), (16,), "u1", backend=other.backend())
+    refusal = pytest.raises(InvalidArgumentError,
+                            match=r"exported by the simulator under .*PYNQ_ALLOC_SIM_DIR")
+    with buf.export() as exported, Simulator() as other, refusal:
+        from_dmabuf(exported.fileno(), (16,), "u1", backend=other.backend())
     buf.freebuffer()
