@@ -482,7 +482,7 @@ def test_kas_machine_file_has_a_lock_pinning_every_remote_repo(path):
     cfg = kas_config(rel(path))
     assert cfg.get("machine")
     lock = path.with_name(path.stem + ".lock.yml")
-    assert lock.exists(), f"no {rel(lock)}: run kas dump --lock {rel(path)} > {rel(lock)}"
+    assert lock.exists(), f"no {rel(lock)}: run kas lock {rel(path)} (it writes {rel(lock)})"
     for name, repo in cfg["repos"].items():
         if repo and repo.get("url"):
             commit = cfg.get("overrides", {}).get("repos", {}).get(name, {}).get("commit", "")
