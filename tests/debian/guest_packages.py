@@ -39,7 +39,6 @@ left nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import shutil
 import subprocess
@@ -182,14 +181,6 @@ check "purge: dpkg knows none of the three" \
 """
 
 
-def sha(*parts: bytes | str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
 def control(deb: Path) -> str:
     return subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True,
                           check=True).stdout
@@ -240,7 +231,7 @@ def build_image(build: Path, debs_dir: Path) -> tuple[Path, Path, str]:
     abi = kpkg[len("linux-image-"):]
     pkgs = apt.resolve([*PACKAGES, f"linux-headers-{abi}", kpkg])
     manifest = "\n".join(f"{n} {v} {a}" for n, v, a in sorted(pkgs))
-    key = sha(IMAGE_RECIPE, manifest, "\n".join(PRUNE))
+    key = harness.sha(IMAGE_RECIPE, manifest, "\n".join(PRUNE))
     base = build / f"base-{key}.cpio"
     vmlinuz = build / f"vmlinuz-{abi}"
     if base.exists() and vmlinuz.exists():
