@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
+import bitbake_runner
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,21 +32,10 @@ IMAGES = ("pynq-alloc-image", "pynq-alloc-image-ptest")
 
 
 def run_bitbake(series: str, *command: str) -> subprocess.CompletedProcess:
-    checkout = SRC / SERIES[series]
-    for repo in ("openembedded-core", "bitbake"):
-        if not (checkout / repo / ".git").is_dir():
-            pytest.fail(f"no {checkout / repo}: run `make test-layer-bitbake` (it checks out "
-                        f"the commits of kas/{SERIES[series]}.lock.yml there)")
-    if os.geteuid() == 0 and not os.environ.get("BITBAKE_USER"):
-        pytest.fail("bitbake refuses to run as root: set BITBAKE_USER to a normal user "
-                    "(make test-layer-bitbake does)")
-    env = dict(os.environ, OE_CORE_DIR=str(checkout / "openembedded-core"),
-               BITBAKE_DIR=str(checkout / "bitbake"),
-               BB_EXTRA_CONF='DISTRO_FEATURES:append = " ptest"')
-    env.pop("POKY_DIR", None)
-    builddir = REPO / "build" / "layer" / f"bitbake-{series}"
-    return subprocess.run([str(HERE / "run-bitbake"), str(builddir), "qemuarm64", "--",
-                           *command], capture_output=True, text=True, env=env, timeout=3600)
+    return bitbake_runner.run_bitbake(
+        SRC / SERIES[series], ("openembedded-core", "bitbake"), f"{SERIES[series]}.lock.yml",
+        REPO / "build" / "layer" / f"bitbake-{series}", "qemuarm64",
+        'DISTRO_FEATURES:append = " ptest"', (), command)
 
 
 _cache: Dict[str, Any] = {}

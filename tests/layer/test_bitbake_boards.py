@@ -22,11 +22,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
+import bitbake_runner
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 SRC = Path(os.environ.get("LAYER_YOCTO_SRC", REPO / "build" / "layer" / "src")) / "xilinx"
 BOARDS = ("zcu102", "zcu104", "kv260", "ultra96v2", "rfsoc4x2", "zc702", "pynq-z1", "pynq-z2")
 IMAGE = "pynq-alloc-image"
@@ -44,24 +44,13 @@ def kas_file(name: str) -> Dict[str, Any]:
 
 
 def run_bitbake(board: str, *command: str) -> subprocess.CompletedProcess:
-    for repo in ("openembedded-core", "bitbake", "meta-arm", "meta-xilinx"):
-        if not (SRC / repo / ".git").is_dir():
-            pytest.fail(f"no {SRC / repo}: run `make test-layer-bitbake` (it checks out the "
-                        f"commits of kas/zcu102.lock.yml there)")
-    if os.geteuid() == 0 and not os.environ.get("BITBAKE_USER"):
-        pytest.fail("bitbake refuses to run as root: set BITBAKE_USER to a normal user "
-                    "(make test-layer-bitbake does)")
     cfg = kas_file(f"kas/{board}.yml")
     conf = "\n".join(cfg["local_conf_header"][k] for k in sorted(cfg["local_conf_header"]))
-    env = dict(os.environ, OE_CORE_DIR=str(SRC / "openembedded-core"),
-               BITBAKE_DIR=str(SRC / "bitbake"), BB_EXTRA_CONF=conf)
-    env.pop("POKY_DIR", None)
     layers = [str(SRC / p) for p in ("meta-arm/meta-arm", "meta-arm/meta-arm-toolchain",
                                      "meta-xilinx/meta-xilinx-core")]
-    builddir = REPO / "build" / "layer" / "bitbake-xilinx"
-    return subprocess.run([str(HERE / "run-bitbake"), str(builddir), cfg["machine"], *layers,
-                           "--", *command], capture_output=True, text=True, env=env,
-                          timeout=3600)
+    return bitbake_runner.run_bitbake(
+        SRC, ("openembedded-core", "bitbake", "meta-arm", "meta-xilinx"), "zcu102.lock.yml",
+        REPO / "build" / "layer" / "bitbake-xilinx", cfg["machine"], conf, layers, command)
 
 
 def variables(board: str, recipe: str) -> Dict[str, str]:
