@@ -222,7 +222,7 @@ def _unreadable_dtb_hint(path: str, errno_value: Optional[int]) -> str:
 
 def cmd_check_dtb(files: Sequence[str], as_json: bool, page_size: int,
                   cma_alignment: int) -> int:
-    from .dtcheck import RULES, check, u_dma_buf_nodes
+    from .dtcheck import RULES, inspect
 
     reports: List[Dict[str, Any]] = []
     for path in files:
@@ -233,11 +233,10 @@ def cmd_check_dtb(files: Sequence[str], as_json: bool, page_size: int,
             hint = _unreadable_dtb_hint(path, exc.errno) if path == DEFAULT_DTB else ""
             raise DeviceError(f"cannot read {path}: {exc.strerror}{hint}", exc.errno or 0,
                               path) from exc
-        problems = check(blob, page_size=page_size, cma_alignment=cma_alignment,
-                         source=path)
+        problems, nodes = inspect(blob, page_size=page_size, cma_alignment=cma_alignment,
+                                  source=path)
         reports.append({"file": path, "ok": not problems,
-                        "problems": [vars(p) for p in problems],
-                        "u_dma_buf_nodes": u_dma_buf_nodes(blob, path)})
+                        "problems": [vars(p) for p in problems], "u_dma_buf_nodes": nodes})
     if as_json:
         print(json.dumps({"rules": list(RULES), "files": reports}, indent=2))
     else:

@@ -123,16 +123,21 @@ def check(
     """Every rule the tree breaks, in a stable order (empty list: all hold).
 
     Raises InvalidArgumentError (naming ``source``) when ``dtb`` is no valid DTB."""
+    return inspect(dtb, page_size=page_size, cma_alignment=cma_alignment, source=source)[0]
+
+
+def inspect(
+    dtb: bytes,
+    *,
+    page_size: int = PAGE_SIZE,
+    cma_alignment: int = CMA_ALIGNMENT,
+    source: str = "the DTB",
+) -> tuple[list[Problem], list[str]]:
+    """What check() finds, and the paths of the nodes the driver probes (compatible
+    "ikwzm,u-dma-buf"), from the same one pass."""
     checker = _Checker(Fdt(dtb, source), page_size, cma_alignment)
     checker.run()
-    return checker.problems
-
-
-def u_dma_buf_nodes(dtb: bytes, source: str = "the DTB") -> list[str]:
-    """Paths of the nodes the driver probes (compatible "ikwzm,u-dma-buf")."""
-    tree = Fdt(dtb, source)
-    return [path for offset, path in tree.nodes()
-            if U_DMA_BUF in tree.string_list(offset, "compatible")]
+    return checker.problems, checker.u_dma_buf_nodes
 
 
 class _Checker:
@@ -143,6 +148,7 @@ class _Checker:
         self.page_size = page_size
         self.cma_alignment = cma_alignment
         self.problems: list[Problem] = []
+        self.u_dma_buf_nodes: list[str] = []  # filled by check_u_dma_buf
         self.address_cells = 2
         self.size_cells = 1
         self.ram: list[tuple[int, int]] = []
@@ -351,6 +357,7 @@ class _Checker:
         for offset, path in self.tree.nodes():
             if U_DMA_BUF not in self.tree.string_list(offset, "compatible"):
                 continue
+            self.u_dma_buf_nodes.append(path)
             size = self.buffer_size(offset, path)
             if size is None:
                 continue
