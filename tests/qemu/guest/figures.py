@@ -124,26 +124,21 @@ def import_sync_figures(region: Any) -> None:
             to_dev = encoded(offset, nbytes, TO_DEVICE)
             from_dev = encoded(offset, nbytes, FROM_DEVICE)
             try:
-                figure(f"imported flush {label}: Buffer.flush vs bare DMA_BUF_IOCTL_SYNC",
-                       *interleaved_us(imported.flush,
-                                       lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, end_write),
-                                       number), "us")
-                figure(f"imported invalidate {label}: Buffer.invalidate vs bare "
-                       f"DMA_BUF_IOCTL_SYNC",
-                       *interleaved_us(imported.invalidate,
-                                       lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, start_read),
-                                       number), "us")
-                figure(f"imported flush {label}: bare region ioctl vs bare DMA_BUF_IOCTL_SYNC",
-                       *interleaved_us(
-                           lambda: fcntl.ioctl(dev, SET_SYNC_FOR_DEVICE, to_dev),
-                           lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, end_write), number),
-                       "us")
-                figure(f"imported invalidate {label}: bare region ioctl vs bare "
-                       f"DMA_BUF_IOCTL_SYNC",
-                       *interleaved_us(
-                           lambda: fcntl.ioctl(dev, SET_SYNC_FOR_CPU, from_dev),
-                           lambda: fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, start_read), number),
-                       "us")
+                # (what, the library's call, the bare region ioctl, DMA_BUF_IOCTL_SYNC's flags)
+                for what, ours, request, command, flags in (
+                        ("flush", imported.flush, SET_SYNC_FOR_DEVICE, to_dev, end_write),
+                        ("invalidate", imported.invalidate, SET_SYNC_FOR_CPU, from_dev,
+                         start_read)):
+                    def bare_dmabuf(flags: bytes = flags) -> None:
+                        fcntl.ioctl(fd, DMA_BUF_IOCTL_SYNC, flags)
+
+                    def bare_region(request: int = request, command: bytes = command) -> None:
+                        fcntl.ioctl(dev, request, command)
+                    figure(f"imported {what} {label}: Buffer.{what} vs bare DMA_BUF_IOCTL_SYNC",
+                           *interleaved_us(ours, bare_dmabuf, number), "us")
+                    figure(f"imported {what} {label}: bare region ioctl vs bare "
+                           f"DMA_BUF_IOCTL_SYNC",
+                           *interleaved_us(bare_region, bare_dmabuf, number), "us")
             finally:
                 os.close(dev)
         finally:
