@@ -57,7 +57,7 @@ def syscalls_per_flush_by_strace() -> str:
     names = sorted({re.match(r"^\d+\s+(\w+)\(", c).group(1) for c in calls})  # type: ignore[union-attr]
     per = len(calls) / FLUSHES
     # The simulator answers the sync ioctl in-process (it looks the descriptor up
-    # with one fstat), so strace sees that stand-in, not an ioctl: this line proves
+    # with one readlink), so strace sees that stand-in, not an ioctl: this line proves
     # no hidden extra calls; the real ioctl is counted on the driver by the target
     # suite (tests/target/test_data.py).
     return (f"{'system calls per flush, simulator (strace)':<46} {per:12.3f} "

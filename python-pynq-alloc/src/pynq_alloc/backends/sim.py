@@ -81,7 +81,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .._platform import PAGE_SIZE
 from ..errors import InvalidArgumentError
-from .udmabuf import UdmabufBackend
+from .udmabuf import UdmabufBackend, _system_fdinfo
 
 DRIVER_VERSION = "5.5.0"
 IOCTL_VERSION = 2
@@ -257,10 +257,9 @@ class Simulator:
         for region in regions:
             self._lay_out(region)
         os.makedirs(self.dmabuf_root, exist_ok=True)
-        self._devices: Dict[Tuple[int, int], SimRegion] = {}
-        for region in regions:
-            st = os.stat(self.device_path(region.name))
-            self._devices[(st.st_dev, st.st_ino)] = region
+        # By the path /proc/self/fd shows for a descriptor of the device file.
+        self._devices: Dict[str, SimRegion] = {
+            os.path.realpath(self.device_path(r.name)): r for r in regions}
         if record_syncs:
             self._start_reader()
 
@@ -325,8 +324,15 @@ class Simulator:
     def ioctl(self, fd: int, request: int, arg: Any = 0) -> Any:
         """ioctl(2) as the driver answers it on the simulator's device files (any other
         descriptor goes to the real ioctl); raises OSError with the driver's errno."""
-        dmabuf = self.dmabuf_of(fd)
-        if dmabuf is not None:  # before the device check: its inode is the region file's
+        # One readlink tells the three apart: a device file of ours, an emulated dma-buf
+        # (a link of the region file: the same inode, so fstat could not tell it from
+        # the device) and any other descriptor, which gets the real ioctl.
+        path = self._fd_path(fd)
+        region = self._devices.get(path) if path is not None else None
+        if region is None:
+            dmabuf = self._dmabuf_at(path)
+            if dmabuf is None:
+                return fcntl.ioctl(fd, request, arg)
             try:
                 result = self._answer_dmabuf(fd, dmabuf, request, arg)
             except OSError as exc:
@@ -334,13 +340,6 @@ class Simulator:
                 raise
             self._log_ioctl(dmabuf.region, request, arg, 0, dmabuf)
             return result
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            return fcntl.ioctl(fd, request, arg)
-        region = self._devices.get((st.st_dev, st.st_ino))
-        if region is None:
-            return fcntl.ioctl(fd, request, arg)
         try:
             result = self._answer(region, request, arg)
         except OSError as exc:
@@ -424,14 +423,23 @@ class Simulator:
                     f"{entry.name}\n")
         os.replace(path + ".new", path)
 
+    @staticmethod
+    def _fd_path(fd: int) -> Optional[str]:
+        """The file ``fd`` is open on, as /proc/self/fd names it (None: not open)."""
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
+        except OSError:
+            return None
+
     def dmabuf_of(self, fd: int) -> Optional[SimDmaBuf]:
         """The emulated dma-buf ``fd`` refers to (in any process of this simulator's
         directory, e.g. received with ``socket.recv_fds``), or None."""
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
+        return self._dmabuf_at(self._fd_path(fd))
+
+    def _dmabuf_at(self, path: Optional[str]) -> Optional[SimDmaBuf]:
+        if path is None:
             return None
-        folder, _, base = target.removesuffix(" (deleted)").rpartition("/")
+        folder, _, base = path.rpartition("/")
         if folder != self.dmabuf_root:
             return None
         try:
@@ -441,14 +449,12 @@ class Simulator:
             return None
         return SimDmaBuf(base, region, int(offset), int(size), force_sync == "1", name)
 
-    def _refuse_other_simulators_dmabuf(self, fd: int) -> None:
+    def _refuse_other_simulators_dmabuf(self, fd: int, path: Optional[str]) -> None:
         """A descriptor exported by another simulator (another process that did not
         share PYNQ_ALLOC_SIM_DIR) means nothing here: say so, rather than 'no dma-buf'."""
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
-        except OSError:
+        if path is None:
             return
-        folder = os.path.dirname(target)
+        folder = os.path.dirname(path)
         if os.path.basename(folder) == "dmabuf" and folder != self.dmabuf_root \
                 and os.path.isdir(os.path.join(os.path.dirname(folder), "sys")):
             raise InvalidArgumentError(
@@ -468,11 +474,11 @@ class Simulator:
     def fdinfo(self, fd: int) -> str:
         """/proc/self/fdinfo/<fd>, with the lines dma_buf_show_fdinfo() adds for a dma-buf
         (size, exp_name = the device name u-dma-buf exports under, name once set)."""
-        with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        dmabuf = self.dmabuf_of(fd)
+        text = _system_fdinfo(fd)
+        path = self._fd_path(fd)
+        dmabuf = self._dmabuf_at(path)
         if dmabuf is None:
-            self._refuse_other_simulators_dmabuf(fd)
+            self._refuse_other_simulators_dmabuf(fd, path)
             return text
         text += f"size:\t{dmabuf.size}\nexp_name:\t{dmabuf.region}\n"
         return text + (f"name:\t{dmabuf.name}\n" if dmabuf.name else "")
