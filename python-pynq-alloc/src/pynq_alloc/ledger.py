@@ -71,6 +71,10 @@ _OP_GROW = 8  # size: the block's new size (whole pages, for a dma-buf export)
 _SLOT_LOCK_BASE = 1 << 40  # far beyond any data: lock bytes never overlap records
 _MAX_SLOTS = 1 << 15
 _COMPACT_MIN_RECORDS = 4096
+_FILE_MODE = 0o660  # the device's group shares the ledger
+# the operations whose records leave the size field 0 (GROW leaves aux 0): a record
+# with a value there is not one we wrote
+_NO_SIZE = frozenset((_OP_HOLD, _OP_FREE, _OP_SEND, _OP_RECV, _OP_TOKEN))
 
 
 class _CorruptError(Exception):
@@ -80,6 +84,11 @@ class _CorruptError(Exception):
 class Ledger:
     """The shared ownership record of one region, as seen from this process."""
 
+    # Where the log starts and how many records it holds: set by the first header read
+    # (_replay_new_records) or write (_write_header), both before any other use.
+    _data_start: int
+    _records: int
+
     def __init__(self, path: str, fd: int, pool: Pool, region_name: str) -> None:
         self.path = path
         self.fd = fd
@@ -87,9 +96,7 @@ class Ledger:
         self.region_name = region_name
         self.pid = current_pid()
         self.slot = -1
-        self._epoch = -1
-        self._data_start = _HEADER_SPACE
-        self._records = 0
+        self._epoch = -1  # no file has this epoch: the first catch-up replays from the start
         self._holds: Dict[int, Dict[int, int]] = {}  # block offset -> {slot: holds}
         self._tags: Dict[int, int] = {}  # block offset -> its tag
         self._blocks_of: Dict[int, Set[int]] = {}  # slot -> offsets of blocks it holds
@@ -135,17 +142,15 @@ class Ledger:
         gid = _group_of(region.device_path)
         _ensure_dir(handle.backend.run_dir, gid)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
         except OSError as exc:
             what = f"cannot open the ledger of region {region.name}"
             raise device_error(exc, what, path) from exc
         try:  # let every member of the device's group share the ledger
-            st = os.fstat(fd)
-            if st.st_uid == os.geteuid():
-                if gid is not None and st.st_gid != gid:
+            if os.fstat(fd).st_uid == os.geteuid():
+                if gid is not None:
                     os.fchown(fd, -1, gid)
-                if st.st_mode & 0o777 != 0o660:
-                    os.fchmod(fd, 0o660)  # open()'s mode went through the umask (0640)
+                os.fchmod(fd, _FILE_MODE)  # open()'s mode went through the umask (0640)
         except OSError:
             pass
         pool = Pool(region.size, region.phys_addr)
@@ -296,6 +301,9 @@ class Ledger:
         snapshot_free = 0
         for index, (op, slot, tag, offset, size, aux) in enumerate(_RECORD.iter_unpack(raw)):
             try:
+                if size if op in _NO_SIZE else aux if op == _OP_GROW else 0:
+                    raise InvalidArgumentError(f"operation {op} with a non-zero field it "
+                                               f"does not use (size {size}, aux {aux})")
                 if op == _OP_ALLOC:
                     self.pool.carve(aux, offset, size)
                     self._tags[offset] = tag
@@ -324,7 +332,8 @@ class Ledger:
                         raise InvalidArgumentError(f"growth of {offset:#x}: no such block")
                     self.pool.grow(offset, size)
                 elif op == _OP_RECV:
-                    if self._in_flight.get(aux, (-1, 0))[0] != offset:
+                    pending = self._in_flight.get(aux)
+                    if pending is None or pending[0] != offset:
                         raise InvalidArgumentError(f"receipt of {offset:#x}: no such transfer")
                     self._receive(offset, slot, aux)
                 else:
@@ -404,13 +413,13 @@ class Ledger:
         fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, _SLOT_LOCK_BASE + slot)
 
     def _other_slots_alive(self) -> bool:
+        # Only at open (from _recover), before this process takes a slot: unlocking the
+        # whole range afterwards would drop our own slot's byte too.
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, _MAX_SLOTS, _SLOT_LOCK_BASE)
         except OSError:
             return True
         fcntl.lockf(self.fd, fcntl.LOCK_UN, _MAX_SLOTS, _SLOT_LOCK_BASE)
-        if self.slot >= 0:  # unlocking the range dropped our own byte too: take it back
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SLOT_LOCK_BASE + self.slot)
         return False
 
     def _take_slot(self) -> None:
@@ -487,7 +496,8 @@ class Ledger:
         with self._locked():
             self.reclaim_dead()
             self._check_alive(offset, size, tag)
-            if self._in_flight.get(token, (-1, 0))[0] == offset:
+            pending = self._in_flight.get(token)
+            if pending is not None and pending[0] == offset:
                 self._receive(offset, self.slot, token)
                 self._append(_OP_RECV, self.slot, offset, 0, token, tag=tag)
                 return

@@ -149,17 +149,18 @@ class Pool:
         if size is None:
             raise InvalidArgumentError(f"no allocated block starts at offset {offset:#x}")
         end, extra = offset + size, new_size - size
-        free_size = self._free_by_start.get(end, 0) if extra > 0 else 0
-        if extra > 0 and free_size < extra:
+        if extra <= 0:
+            return end
+        free_size = self._free_by_start.get(end)
+        if free_size is None or free_size < extra:
             raise InvalidArgumentError(
                 f"block [{offset:#x}, +{size:#x}) cannot grow to {new_size:#x} bytes: the "
                 f"next {extra} bytes are not free")
-        if extra > 0:
-            self._remove_free(end)
-            if free_size > extra:
-                self._add_free(end + extra, free_size - extra)
-            self._used[offset] = new_size
-            self.used_bytes += extra
+        self._remove_free(end)
+        if free_size > extra:
+            self._add_free(end + extra, free_size - extra)
+        self._used[offset] = new_size
+        self.used_bytes += extra
         return end
 
     # -- queries ----------------------------------------------------------------
