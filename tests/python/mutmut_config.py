@@ -160,14 +160,16 @@ def score(*caches: str) -> str:
     counts: Dict[str, int] = {}
     for state in status.values():
         counts[state] = counts.get(state, 0) + 1
-    killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0)
-    tried = killed + counts.get("bad_survived", 0) + counts.get("bad_timeout", 0)
+    # a timeout is a mutant that loops or deadlocks: CI would hang and fail, so it is killed
+    timeouts = counts.get("bad_timeout", 0)
+    killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0) + timeouts
+    tried = killed + counts.get("bad_survived", 0)
     lines = [f"mutation score: {killed} of {tried} mutants killed "
-             f"({100 * killed / max(tried, 1):.1f}%); {counts.get('skipped', 0)} out of scope, "
-             f"{counts.get('untested', 0)} not tried"]
-    lines += [f"  {state[4:]}: {name}:{number} (mutation {index}): {text.strip()}"
+             f"({100 * killed / max(tried, 1):.1f}%; {timeouts} of them by a timeout); "
+             f"{counts.get('skipped', 0)} out of scope, {counts.get('untested', 0)} not tried"]
+    lines += [f"  survived: {name}:{number} (mutation {index}): {text.strip()}"
               for (name, number, text, index), state in sorted(status.items())
-              if state in ("bad_survived", "bad_timeout")]
+              if state == "bad_survived"]
     return "\n".join(lines)
 
 

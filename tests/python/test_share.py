@@ -203,6 +203,36 @@ def test_compaction_keeps_every_hold(sim: Simulator) -> None:
     assert book.stats().used == 0
 
 
+def test_compaction_keeps_other_processes_holds_and_pending_transfers(sim: Simulator) -> None:
+    """The snapshot a compaction writes has, besides a record per live block, one per
+    other process holding it and one per pickled handle nobody has received yet: a
+    process replaying the file afterwards (check()) sees the same holders and transfer,
+    and the pending handle can still be received."""
+    backend = sim.backend()
+    buf = allocate(4096, "u1", backend=backend)
+    buf[:] = 0x5A
+    ready = SPAWN.Queue()
+    child = SPAWN.Process(target=_hold_until_killed, args=(buf.share(), ready))
+    child.start()
+    try:
+        assert ready.get(timeout=120) == buf.device_address
+        sent = pickle.dumps(buf.share())  # pending: its hold is ours until received
+        book = ledger(backend)
+        epoch = book._epoch
+        while book._epoch == epoch:
+            allocate(64, "u1", backend=backend).freebuffer()
+        book.check()  # a fresh replay of the snapshot agrees with this process's mirror
+        holders = book.holders(0)
+        assert len(holders) == 2 and holders[book.slot] == 2, holders
+        assert book.in_flight() == 1
+        received = pickle.loads(sent)
+        assert (received == 0x5A).all() and book.in_flight() == 0
+        assert book.holders(0)[book.slot] == 2  # the transfer's hold passed to `received`
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join()
+
+
 def test_many_processes_sharing_with_kills_never_lose_a_held_block(sim: Simulator) -> None:
     """The parent shares marked buffers with four workers and frees its own buffer at
     once (before the queue's thread has even pickled the handle); workers free at

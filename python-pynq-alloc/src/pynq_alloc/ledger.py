@@ -84,8 +84,10 @@ class _CorruptError(Exception):
 class Ledger:
     """The shared ownership record of one region, as seen from this process."""
 
-    # Where the log starts and how many records it holds: set by the first header read
-    # (_replay_new_records) or write (_write_header), both before any other use.
+    # This process's owner slot, set when the ledger is opened (_take_slot); where the
+    # log starts and how many records it holds, set by the first header read
+    # (_replay_new_records) or write (_write_header). Each before any other use.
+    slot: int
     _data_start: int
     _records: int
 
@@ -95,7 +97,6 @@ class Ledger:
         self.pool = pool
         self.region_name = region_name
         self.pid = current_pid()
-        self.slot = -1
         self._epoch = -1  # no file has this epoch: the first catch-up replays from the start
         self._holds: Dict[int, Dict[int, int]] = {}  # block offset -> {slot: holds}
         self._tags: Dict[int, int] = {}  # block offset -> its tag
