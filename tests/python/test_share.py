@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import queue as queue_module
 import random
 import signal
 import time
@@ -30,6 +31,24 @@ def sim() -> Iterator[Simulator]:
 
 def ledger(backend: UdmabufBackend) -> Any:
     return backend.handle(backend.region()).ledger
+
+
+def answer(queue: Any, child: Any, timeout: float = 120.0) -> Any:
+    """The next item ``child`` puts on ``queue``. Fails at once, naming the exit code,
+    when the child dies first (one that cannot take over a shared buffer raises while
+    unpickling its arguments and never answers), rather than after the whole timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=0.1)
+        except queue_module.Empty:
+            if not child.is_alive():
+                try:  # what it put just before exiting is still on its way
+                    return queue.get(timeout=5)
+                except queue_module.Empty:
+                    pytest.fail(f"the child exited with status {child.exitcode} without "
+                                f"answering (its traceback is above)")
+    pytest.fail(f"the child did not answer within {timeout} s")
 
 
 # -- workers (module level: spawn pickles them by name) -------------------------------------
@@ -71,7 +90,7 @@ def test_a_shared_buffer_is_the_same_memory_in_another_process(sim: Simulator) -
     out = SPAWN.Queue()
     child = SPAWN.Process(target=_write_and_report, args=(view.share(), 777, out))
     child.start()
-    address, shape, dtype, kind = out.get(timeout=120)
+    address, shape, dtype, kind = answer(out, child)
     child.join(timeout=120)
     assert child.exitcode == 0
     assert (address, shape, dtype, kind) == (view.device_address, (8, 24), "uint16", "Buffer")
@@ -103,7 +122,7 @@ def test_sigkill_of_a_holder_drops_only_its_hold(sim: Simulator, killed: str) ->
     ready = SPAWN.Queue()
     child = SPAWN.Process(target=_hold_until_killed, args=(buf.share(), ready))
     child.start()
-    assert ready.get(timeout=120) == buf.device_address
+    assert answer(ready, child) == buf.device_address
     if killed == "sender":  # this process lets go, the child keeps the block alive
         buf.freebuffer()
         assert ledger(backend).stats().used == 1 << 16
@@ -118,20 +137,26 @@ def test_sigkill_of_a_holder_drops_only_its_hold(sim: Simulator, killed: str) ->
     ledger(backend).check()
 
 
-def test_pickled_bytes_keep_the_block_until_received(sim: Simulator) -> None:
+@pytest.mark.parametrize("before", [0, 1, 3], ids=["at offset 0", "after 1", "after 3"])
+def test_pickled_bytes_keep_the_block_until_received(sim: Simulator, before: int) -> None:
     """queue.put(buf.share()); buf.freebuffer() is safe: pickling took a hold that the
-    receiver takes over."""
+    receiver takes over. Also for a block that is not the region's first (``before``
+    buffers kept ahead of it): the receipt must match the transfer by its block."""
     backend = sim.backend()
+    ahead = [allocate(4096, "u1", backend=backend) for _ in range(before)]
     buf = allocate(4096, "u1", backend=backend)
+    offset = buf.device_address - REGION.phys_addr
+    assert offset == 4096 * before
     buf[:] = 9
     sent = pickle.dumps(buf.share())  # the handle itself is dropped: only bytes travel
     buf.freebuffer()
-    assert ledger(backend).stats().used == 4096 and ledger(backend).in_flight() == 1
+    book = ledger(backend)
+    assert book.stats().used == 4096 * (before + 1) and book.in_flight() == 1
     received = pickle.loads(sent)
-    assert (received == 9).all() and ledger(backend).in_flight() == 0
-    assert ledger(backend).holders(0) == {ledger(backend).slot: 1}  # handed over, not added
+    assert (received == 9).all() and book.in_flight() == 0
+    assert book.holders(offset) == {book.slot: 1}  # handed over, not added
     received.freebuffer()
-    assert ledger(backend).stats().used == 0
+    assert book.stats().used == 4096 * before and len(ahead) == before
 
 
 def test_bytes_unpickled_after_every_holder_let_go_are_refused(sim: Simulator) -> None:
@@ -160,7 +185,7 @@ def test_a_transfer_nobody_receives_ends_with_its_sender(sim: Simulator) -> None
     child = SPAWN.Process(target=_pickle_and_exit,
                           args=(out, (sim.sysfs_root, sim.dev_root, sim.run_dir)))
     child.start()
-    sent = out.get(timeout=120)
+    sent = answer(out, child)
     child.join(timeout=120)
     assert child.exitcode == 0
     assert ledger(backend).stats().used == 0  # the dead sender's in-flight hold went too
@@ -215,7 +240,7 @@ def test_compaction_keeps_other_processes_holds_and_pending_transfers(sim: Simul
     child = SPAWN.Process(target=_hold_until_killed, args=(buf.share(), ready))
     child.start()
     try:
-        assert ready.get(timeout=120) == buf.device_address
+        assert answer(ready, child) == buf.device_address
         sent = pickle.dumps(buf.share())  # pending: its hold is ours until received
         book = ledger(backend)
         epoch = book._epoch
