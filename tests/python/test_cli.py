@@ -107,6 +107,16 @@ def test_bench_refuses_json_saying_it_prints_text(
     assert "bench prints text only" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend", ["sim", "udmabuf"])
+def test_check_dtb_refuses_a_backend_it_would_not_use(
+        capsys: pytest.CaptureFixture[str], backend: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--backend", backend, "check-dtb", "board.dtb"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "check-dtb reads DTB files only" in err and f"drop --backend {backend}" in err, err
+
+
 @pytest.mark.parametrize("option", ["--page-size", "--cma-alignment"])
 @pytest.mark.parametrize("value", ["3000", "0", "2048", "-4096"])
 def test_check_dtb_alignments_must_be_powers_of_two(

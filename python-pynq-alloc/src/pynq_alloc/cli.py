@@ -353,6 +353,9 @@ def _run(argv: Optional[Sequence[str]], roots: Optional[Roots]) -> int:
     if args.command == "bench" and args.json:
         parser.error("bench prints text only, one line per result as it is measured: "
                      "drop --json (it is for info, selftest and check-dtb)")
+    if args.command == "check-dtb" and args.backend is not None:
+        parser.error(f"check-dtb reads DTB files only and runs on no backend: drop "
+                     f"--backend {args.backend} (it is for info, selftest and bench)")
     try:
         if args.command == "check-dtb":
             return cmd_check_dtb(args.dtb, args.json, args.page_size, args.cma_alignment)
