@@ -18,8 +18,9 @@ $(VENV)/np%/.stamp: $(PKG)/pyproject.toml tests/python/requirements.txt | deps
 
 # (explicit rules: make skips pattern rules for .PHONY targets)
 # The stateful test runs 10,000 random sequences under numpy 2 and 1,000 under 1.26.
+# A test that hangs fails after 300 s (pytest-timeout; the stateful test has 1800 s).
 HOST_PYTEST = @echo "== host tests, $$($(1)/bin/python -c 'import numpy; print("numpy", numpy.__version__)')" && \
-	PYNQ_ALLOC_STATEFUL_EXAMPLES=$(2) $(1)/bin/python -m pytest -q -p no:cacheprovider tests/python
+	PYNQ_ALLOC_STATEFUL_EXAMPLES=$(2) $(1)/bin/python -m pytest -q -p no:cacheprovider --timeout=300 tests/python
 test-python-np1: $(VENV)/np1/.stamp
 	$(call HOST_PYTEST,$(VENV)/np1,1000)
 test-python-np2: $(VENV)/np2/.stamp

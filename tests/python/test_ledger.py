@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from as_user import in_forked_child
+from churn import churn_until
 from pynq_alloc import LedgerError, allocate
 from pynq_alloc import ledger as ledger_module
 from pynq_alloc.backends.sim import Simulator
@@ -271,8 +272,7 @@ def test_a_process_joining_after_the_first_compaction_sees_the_live_blocks(
     del keep[:10]  # the old log's first records are no longer the live set
     led = ledger(backend)
     interval = ledger_module._COMPACT_MIN_RECORDS
-    while led._epoch == 0:
-        allocate(64, "u1", backend=backend).freebuffer()
+    churn_until(backend, lambda: led._epoch != 0)
     assert led._epoch == 1 and led._data_start > ledger_module._HEADER_SPACE
     led.check()
     assert led._records < interval
@@ -543,8 +543,7 @@ def test_a_compaction_leaves_the_log_it_replaces_intact(backend: UdmabufBackend)
     after the old log, and the bytes the old header points at do not change."""
     keep = [allocate(64, "u1", backend=backend) for _ in range(2)]
     book = ledger(backend)
-    while book._records < ledger_module._COMPACT_MIN_RECORDS - 2:
-        allocate(64, "u1", backend=backend).freebuffer()
+    churn_until(backend, lambda: book._records >= ledger_module._COMPACT_MIN_RECORDS - 2)
     buf = allocate(64, "u1", backend=backend)  # one record short of compacting
     with open(book.path, "rb") as f:
         before = f.read()
@@ -557,8 +556,8 @@ def test_a_compaction_leaves_the_log_it_replaces_intact(backend: UdmabufBackend)
     assert after[old_log] == before[old_log]
     assert book._data_start >= start + (count + 1) * RECORD.size
     book.check()
-    while book._epoch == 1:  # the next snapshot fits before that log: the file is cut
-        allocate(64, "u1", backend=backend).freebuffer()
+    # the next snapshot fits before that log: the file is cut
+    churn_until(backend, lambda: book._epoch != 1)
     assert book._data_start == ledger_module._HEADER_SPACE
     assert os.path.getsize(book.path) == book._data_start + book._records * RECORD.size
     book.check()
@@ -601,8 +600,7 @@ def test_a_reclaimed_slot_is_free_for_the_next_process(sim: Simulator,
 def test_a_ledger_with_no_live_block_compacts_to_an_empty_snapshot(
         backend: UdmabufBackend) -> None:
     book = ledger(backend)
-    while book._epoch == 0:
-        allocate(64, "u1", backend=backend).freebuffer()
+    churn_until(backend, lambda: book._epoch != 0)
     assert (book._records, book.stats().used) == (0, 0)
     assert os.path.getsize(book.path) == ledger_module._HEADER_SPACE
     book.check()

@@ -15,6 +15,7 @@ from typing import Any, List, Tuple
 
 import numpy as np
 import pytest
+from churn import churn_until
 from pynq_alloc import BufferFreedError, allocate
 from pynq_alloc.backends.sim import SimRegion, Simulator
 from pynq_alloc.backends.udmabuf import UdmabufBackend
@@ -244,8 +245,7 @@ def test_compaction_keeps_other_processes_holds_and_pending_transfers(sim: Simul
         sent = pickle.dumps(buf.share())  # pending: its hold is ours until received
         book = ledger(backend)
         epoch = book._epoch
-        while book._epoch == epoch:
-            allocate(64, "u1", backend=backend).freebuffer()
+        churn_until(backend, lambda: book._epoch != epoch)
         book.check()  # a fresh replay of the snapshot agrees with this process's mirror
         holders = book.holders(0)
         assert len(holders) == 2 and holders[book.slot] == 2, holders
