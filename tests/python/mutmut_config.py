@@ -1,6 +1,7 @@
 """mutmut's hook for `make mutate`: which mutants of the package are tried, and in which
-order the host tests run on each. MUTATE_SHARD=k/n tries only the mutants on lines whose number is k
-modulo n, so that n runs in n checkouts share the work (`make mutate MUTATE_SHARD=0/2`).
+order the host tests run on each. MUTATE_SHARD=k/n tries only the mutants on the lines
+whose 0-based index is k modulo n (0/2: lines 1, 3, 5, ... of each file; 1/2: lines 2,
+4, 6, ...), so that n runs in n checkouts share the work (`make mutate MUTATE_SHARD=0/2`).
 
 Only the code that decides addresses, sync ranges and commands, pool placement and ledger
 ownership is mutated (SCOPE below). Error-message text (raise statements, warnings), the
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import ast
 import os
-from typing import Any, Dict, List, Set
+import sys
+from typing import Any, Dict, List, Set, Tuple
 
 SRC = "python-pynq-alloc/src/pynq_alloc/"
 
@@ -101,7 +103,7 @@ def pre_mutation(context: Any) -> None:
     if path not in SCOPE:
         context.skip = True
         return
-    shard = os.environ.get("MUTATE_SHARD")  # "k/n": only lines whose number % n == k
+    shard = os.environ.get("MUTATE_SHARD")  # "k/n": only lines whose 0-based index % n == k
     if shard:
         k, n = map(int, shard.split("/"))
         if context.current_line_index % n != k:
@@ -141,9 +143,47 @@ def run(command: List[str]) -> int:
     return 0 if child.wait() == 0 else 1
 
 
-def score(*caches: str) -> str:
+def module_tests(paths: str) -> List[str]:
+    """The test files the mutants of ``paths`` (MUTATE_PATHS: comma-separated files)
+    run, in order, each once; a file outside SCOPE is refused, since none of its
+    mutants would be tried and the run would report 0 of 0."""
+    chosen = [p.strip() for p in paths.split(",") if p.strip()]
+    outside = [p for p in chosen if os.path.relpath(p) not in SCOPE]
+    if not chosen or outside:
+        raise SystemExit(
+            f"make mutate: MUTATE_PATHS={paths!r} names "
+            f"{', '.join(outside) if outside else 'no file'}, which mutmut_config.py's SCOPE "
+            f"does not cover: give a comma-separated list of "
+            f"{', '.join(sorted(SCOPE))} (or add the file to SCOPE and TESTS)")
+    tests: List[str] = []
+    for path in chosen:
+        tests += [f"tests/python/{name}" for name in TESTS[os.path.basename(path)]
+                  if f"tests/python/{name}" not in tests]
+    return tests
+
+
+def baseline(paths: str, command: List[str]) -> int:
+    """Run every test file the mutants of ``paths`` will run, once, on the unmutated
+    package: a red test would kill every mutant of its module and score 100%, so the
+    run stops here instead (status 1), naming the command to rerun."""
+    import subprocess
+
+    tests = module_tests(paths)
+    full = command + tests
+    print(f"make mutate: baseline, the unmutated package against {len(tests)} test files",
+          flush=True)
+    if subprocess.run(full, check=False).returncode != 0:
+        print("make mutate: the baseline fails on the unmutated package, so every mutant "
+              "would count as killed. Fix the failing test first (rerun: "
+              f"{' '.join(full)})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def score(*caches: str) -> Tuple[str, int]:
     """The score of finished runs, from mutmut's caches (SQLite files; with shards, one
-    per checkout: each mutant counts once, with the status of the run that tried it)."""
+    per checkout: each mutant counts once, with the status of the run that tried it),
+    overall and per module, and how many mutants were tried."""
     import sqlite3
 
     status: Dict[Any, str] = {}
@@ -157,25 +197,40 @@ def score(*caches: str) -> str:
                 key = (os.path.relpath(name), number, text, index)
                 if status.get(key) in (None, "untested", "skipped"):
                     status[key] = state
-    counts: Dict[str, int] = {}
-    for state in status.values():
-        counts[state] = counts.get(state, 0) + 1
-    # a timeout is a mutant that loops or deadlocks: CI would hang and fail, so it is killed
-    timeouts = counts.get("bad_timeout", 0)
-    killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0) + timeouts
-    tried = killed + counts.get("bad_survived", 0)
-    lines = [f"mutation score: {killed} of {tried} mutants killed "
-             f"({100 * killed / max(tried, 1):.1f}%; {timeouts} of them by a timeout); "
-             f"{counts.get('skipped', 0)} out of scope, {counts.get('untested', 0)} not tried"]
+    per_file: Dict[str, Dict[str, int]] = {}
+    for (name, _, _, _), state in status.items():
+        for counts in (per_file.setdefault("", {}), per_file.setdefault(name, {})):
+            counts[state] = counts.get(state, 0) + 1
+
+    def summary(counts: Dict[str, int]) -> Tuple[int, int, str]:
+        # a timeout is a mutant that loops or deadlocks: CI would hang and fail, so it
+        # is killed
+        timeouts = counts.get("bad_timeout", 0)
+        killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0) + timeouts
+        tried = killed + counts.get("bad_survived", 0)
+        return killed, tried, (
+            f"{killed} of {tried} mutants killed ({100 * killed / max(tried, 1):.1f}%; "
+            f"{timeouts} of them by a timeout); {counts.get('skipped', 0)} out of scope, "
+            f"{counts.get('untested', 0)} not tried")
+
+    _, tried, overall = summary(per_file.get("", {}))
+    lines = [f"mutation score: {overall}"]
+    lines += [f"  {name}: {summary(counts)[2]}"
+              for name, counts in sorted(per_file.items()) if name]
     lines += [f"  survived: {name}:{number} (mutation {index}): {text.strip()}"
               for (name, number, text, index), state in sorted(status.items())
               if state == "bad_survived"]
-    return "\n".join(lines)
+    if not tried:
+        lines.append("make mutate: no mutant was tried (an empty or interrupted run, or a "
+                     "shard with nothing in scope): this is no score")
+    return "\n".join(lines), tried
 
 
 if __name__ == "__main__":
-    import sys
-
     if sys.argv[1:2] == ["run"]:  # python mutmut_config.py run <pytest command...>
         sys.exit(run(sys.argv[2:]))
-    print(score(*sys.argv[1:]))
+    if sys.argv[1:2] == ["baseline"]:  # ... baseline <MUTATE_PATHS> <pytest command...>
+        sys.exit(baseline(sys.argv[2], sys.argv[3:]))
+    report, tried = score(*sys.argv[1:])
+    print(report)
+    sys.exit(0 if tried else 1)
