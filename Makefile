@@ -63,8 +63,8 @@ help:
 	@echo "  make help             this list"
 	@echo "Variables: UDMABUF_SRC=<u-dma-buf checkout or git mirror> (once: later runs reuse the module), V=1 (guest console),"
 	@echo "  POKY_DIR / OE_CORE_DIR + BITBAKE_DIR (test-layer's bitbake checks); tests/qemu/README.md has more."
-	@echo "  make mutate: MUTATE_PATHS=<files, comma-separated> MUTATE_SHARD=k/n MUTATE_KEEP=1 MUTATE_EXAMPLES=50"
-	@echo "  (python-pynq-alloc/README.md, Mutation testing)."
+	@echo "  MUTATE_PATHS=<files, comma-separated> MUTATE_SHARD=k/n MUTATE_KEEP=1 MUTATE_EXAMPLES=50 (for make mutate:"
+	@echo "  python-pynq-alloc/README.md, Mutation testing)."
 
 # Debian packages every target needs; installed once, only the missing ones.
 deps:

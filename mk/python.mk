@@ -59,11 +59,11 @@ run-sim: $(VENV)/sim/.stamp
 # Slow (every mutant runs its module's host test files until the first failure), so not
 # part of `make test`: run it whenever those modules change. mutmut edits the files in
 # place and puts each back; its results stay in .mutmut-cache (`mutmut show <id>`, not
-# while a run is going). The runner's test list is only the baseline mutmut times (a
-# mutant running ten times as long is a timeout): test_ledger.py, which takes a quarter
-# of the longest module list (ledger.py's), so that a machine whose load goes up during
-# the run does not turn a slow survivor into a timeout; each mutant runs its own list. The runner (mutmut_config.py run) counts any failing exit,
-# a crash included, as a kill.
+# while a run is going). The runner's test list (MUTATE_BASELINE) is only the run mutmut
+# times (a mutant running ten times as long is a timeout): test_ledger.py, about half of
+# the longest module list (ledger.py's), so that a machine whose load goes up during the
+# run does not turn a slow survivor into a timeout; each mutant runs its own list. The
+# runner (mutmut_config.py run) counts any failing exit, a crash included, as a kill.
 MUTMUT_VENV := $(VENV)/mutmut
 MUTATE_PATHS := $(PKG)/src/pynq_alloc/ledger.py,$(PKG)/src/pynq_alloc/pool.py,$(PKG)/src/pynq_alloc/buffer.py,$(PKG)/src/pynq_alloc/backends/udmabuf.py,$(PKG)/src/pynq_alloc/allocate.py
 MUTATE_EXAMPLES ?= 50
@@ -83,13 +83,14 @@ $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/require
 # The pytest command every mutant runs (mutmut_config.py appends its module's test files).
 MUTATE_PYTEST = env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --hypothesis-profile=mutate --basetemp $(abspath $(BUILD))/mutate-tmp
 # Order: the baseline (every test file the chosen modules' mutants run, on the unmutated
-# package: a red one would "kill" every mutant) stops the run when red; mutmut then exits
+# package: a red one would "kill" every mutant) stops the run when red, before the last
+# run's cache is removed; mutmut then exits
 # non-zero only on a fatal error (--CI: survivors are the score's business, not a
 # failure), and the score fails the target when no mutant was tried.
 mutate: $(MUTMUT_VENV)/.stamp
-	$(if $(MUTATE_KEEP),,rm -f .mutmut-cache)
 	mkdir -p $(BUILD)
 	PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/python tests/python/mutmut_config.py baseline "$(MUTATE_PATHS)" $(MUTATE_PYTEST)
+	$(if $(MUTATE_KEEP),,rm -f .mutmut-cache)
 	MUTATE_SHARD=$(MUTATE_SHARD) PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
 		--tests-dir tests/python --simple-output --no-progress --CI \
 		--runner "$(abspath $(MUTMUT_VENV))/bin/python tests/python/mutmut_config.py run $(MUTATE_PYTEST) $(MUTATE_BASELINE)"

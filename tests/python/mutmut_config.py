@@ -147,12 +147,17 @@ def module_tests(paths: str) -> List[str]:
     """The test files the mutants of ``paths`` (MUTATE_PATHS: comma-separated files)
     run, in order, each once; a file outside SCOPE is refused, since none of its
     mutants would be tried and the run would report 0 of 0."""
-    chosen = [p.strip() for p in paths.split(",") if p.strip()]
-    outside = [p for p in chosen if os.path.relpath(p) not in SCOPE]
-    if not chosen or outside:
+    chosen = paths.split(",")
+    if not paths or any(p != p.strip() or not p for p in chosen):
         raise SystemExit(
-            f"make mutate: MUTATE_PATHS={paths!r} names "
-            f"{', '.join(outside) if outside else 'no file'}, which mutmut_config.py's SCOPE "
+            f"make mutate: MUTATE_PATHS={paths!r} has an empty entry or spaces (mutmut "
+            f"takes the list as it is): write the files separated by commas only, e.g. "
+            f"MUTATE_PATHS={SRC}pool.py,{SRC}ledger.py")
+    outside = [p for p in chosen if os.path.relpath(p) not in SCOPE]
+    if outside:
+        raise SystemExit(
+            f"make mutate: MUTATE_PATHS={paths!r} names {', '.join(outside)}, which "
+            f"mutmut_config.py's SCOPE "
             f"does not cover: give a comma-separated list of "
             f"{', '.join(sorted(SCOPE))} (or add the file to SCOPE and TESTS)")
     tests: List[str] = []
@@ -187,16 +192,18 @@ def score(*caches: str) -> Tuple[str, int]:
     import sqlite3
 
     status: Dict[Any, str] = {}
+    where: Dict[Any, Tuple[int, str]] = {}  # mutmut's id of the mutant, the cache's checkout
     for cache in caches:
         with sqlite3.connect(cache) as db:
-            for name, number, text, index, state in db.execute(
+            for name, number, text, index, state, ident in db.execute(
                     "SELECT SourceFile.filename, Line.line_number + 1, Line.line, "
-                    "Mutant.\"index\", Mutant.status FROM Mutant "
+                    "Mutant.\"index\", Mutant.status, Mutant.id FROM Mutant "
                     "JOIN Line ON Mutant.line = Line.id "
                     "JOIN SourceFile ON Line.sourcefile = SourceFile.id"):
                 key = (os.path.relpath(name), number, text, index)
                 if status.get(key) in (None, "untested", "skipped"):
                     status[key] = state
+                    where[key] = (ident, os.path.dirname(os.path.abspath(cache)))
     per_file: Dict[str, Dict[str, int]] = {}
     for (name, _, _, _), state in status.items():
         for counts in (per_file.setdefault("", {}), per_file.setdefault(name, {})):
@@ -217,9 +224,11 @@ def score(*caches: str) -> Tuple[str, int]:
     lines = [f"mutation score: {overall}"]
     lines += [f"  {name}: {summary(counts)[2]}"
               for name, counts in sorted(per_file.items()) if name]
-    lines += [f"  survived: {name}:{number} (mutation {index}): {text.strip()}"
-              for (name, number, text, index), state in sorted(status.items())
-              if state == "bad_survived"]
+    # `mutmut show <id>` in the checkout whose cache tried the mutant prints its diff
+    lines += [f"  survived: {name}:{number}: {text.strip()}  [mutmut show {where[key][0]}"
+              f"{' in ' + where[key][1] if len(caches) > 1 else ''}]"
+              for key, state in sorted(status.items()) if state == "bad_survived"
+              for name, number, text, _ in [key]]
     if not tried:
         lines.append("make mutate: no mutant was tried (an empty or interrupted run, or a "
                      "shard with nothing in scope): this is no score")
