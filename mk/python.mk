@@ -89,7 +89,7 @@ MUTATE_PYTEST = env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(
 # failure), and the score fails the target when no mutant was tried.
 mutate: $(MUTMUT_VENV)/.stamp
 	mkdir -p $(BUILD)
-	PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/python tests/python/mutmut_config.py baseline "$(MUTATE_PATHS)" $(MUTATE_PYTEST)
+	MUTATE_BASELINE="$(MUTATE_BASELINE)" PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/python tests/python/mutmut_config.py baseline "$(MUTATE_PATHS)" $(MUTATE_PYTEST)
 	$(if $(MUTATE_KEEP),,rm -f .mutmut-cache)
 	MUTATE_SHARD=$(MUTATE_SHARD) PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/mutmut run --paths-to-mutate $(MUTATE_PATHS) \
 		--tests-dir tests/python --simple-output --no-progress --CI \
