@@ -31,25 +31,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pynq_alloc
+from pynq_alloc.bench import best_of  # best per-call time in us, gc off: the bench's own loop
 
 MARK = "@@PYNQ-QEMU"
 SET_SYNC_FOR_CPU = 0x40085505
 SET_SYNC_FOR_DEVICE = 0x40085506
 TO_DEVICE, FROM_DEVICE = 1, 2
-
-
-def best_us(fn: Callable[[], Any], number: int, repeat: int = 5) -> float:
-    best = float("inf")
-    gc.disable()
-    try:
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            best = min(best, (time.perf_counter() - t0) / number)
-    finally:
-        gc.enable()
-    return best * 1e6
 
 
 def interleaved_us(ours: Callable[[], Any], ref: Callable[[], Any], number: int,
@@ -89,11 +76,11 @@ def sync_figures(region: Any) -> None:
                 buf.flush()  # opens the library's sync channel outside the timing
                 to_dev, from_dev = encoded(offset, nbytes, TO_DEVICE), encoded(
                     offset, nbytes, FROM_DEVICE)
-                figure(f"flush {label} vs bare ioctl", best_us(buf.flush, number),
-                       best_us(lambda c=to_dev: fcntl.ioctl(fd, SET_SYNC_FOR_DEVICE, c),
+                figure(f"flush {label} vs bare ioctl", best_of(buf.flush, number),
+                       best_of(lambda c=to_dev: fcntl.ioctl(fd, SET_SYNC_FOR_DEVICE, c),
                                number), "us")
-                figure(f"invalidate {label} vs bare ioctl", best_us(buf.invalidate, number),
-                       best_us(lambda c=from_dev: fcntl.ioctl(fd, SET_SYNC_FOR_CPU, c),
+                figure(f"invalidate {label} vs bare ioctl", best_of(buf.invalidate, number),
+                       best_of(lambda c=from_dev: fcntl.ioctl(fd, SET_SYNC_FOR_CPU, c),
                                number), "us")
             finally:
                 buf.freebuffer()
@@ -151,8 +138,8 @@ def allocate_figure(region: Any) -> None:
     def ours() -> None:
         pynq_alloc.allocate(1024, "u4", target=region.name).freebuffer()
 
-    figure("allocate+free 4 KiB vs numpy.empty", best_us(ours, 200),
-           best_us(lambda: np.empty(1024, "u4"), 200), "us")
+    figure("allocate+free 4 KiB vs numpy.empty", best_of(ours, 200),
+           best_of(lambda: np.empty(1024, "u4"), 200), "us")
 
 
 def copy_figures(region: Any) -> None:
@@ -176,7 +163,7 @@ def copy_figures(region: Any) -> None:
             return fn
 
         def mb_s(fn: Callable[[], None]) -> float:
-            return nbytes / best_us(fn, 10, 5)  # bytes per microsecond = MB/s
+            return nbytes / best_of(fn, 10, 5)  # bytes per microsecond = MB/s
 
         figure("copy 1 MiB into: cacheable vs write-combine (MB/s)",
                mb_s(into(cached)), mb_s(into(wc)), "MB/s")
