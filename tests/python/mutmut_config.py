@@ -87,14 +87,15 @@ def _mutable_lines(path: str) -> Set[int]:
                 drop |= _span(node)
             elif functions == "*" or qualified in functions:
                 keep |= _span(node)
-    for node in tree.body:
-        if isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    for statement in tree.body:
+        if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+            targets = (statement.targets if isinstance(statement, ast.Assign)
+                       else [statement.target])
             if names == "*" or any(isinstance(t, ast.Name) and t.id in names for t in targets):
-                keep |= _span(node)
-    for node in ast.walk(tree):
-        if _is_message(node):
-            drop |= _span(node)
+                keep |= _span(statement)
+    for any_node in ast.walk(tree):
+        if _is_message(any_node):
+            drop |= _span(any_node)
     return keep - drop
 
 
