@@ -26,6 +26,10 @@ def element_address(base: Buffer, index: tuple) -> int:
     (lambda b: b[:, ::-2], (0, 7)),
     (lambda b: b.T, (0, 0)),
     (lambda b: b[3], (3, 0)),
+    # squeeze() makes a plain ndarray view and hands it to __array_wrap__: still a view
+    (lambda b: b[2:3].squeeze(), (2, 0)),
+    (lambda b: np.squeeze(b[1:2, 3:4]), (1, 3)),  # 0-d (numpy 1.26 raised RuntimeError)
+    (lambda b: b.reshape(1, 8, 8)[:, 4:].squeeze(axis=0), (4, 0)),
 ])
 def test_view_device_address_is_its_first_element(
         backend: UdmabufBackend, make_view: object, first_index: tuple) -> None:
@@ -111,6 +115,12 @@ def test_a_copy_has_no_device_address(backend: UdmabufBackend) -> None:
     # as its origin: new memory all the same, so it must not inherit the block
     twin = np.ndarray.copy(buf)
     assert type(twin) is Buffer and not np.may_share_memory(twin, buf)
-    for array in (stray, twin):
+    # numpy keeps the subclass for these too, in new memory
+    kept = [buf.take([0, 2]), buf.repeat(2), buf.reshape(2, 2).T.ravel(),
+            buf.reshape(2, 2).T.reshape(4), np.zeros_like(buf), np.roll(buf, 1)]
+    for array in (stray, twin, *kept):
+        assert not np.may_share_memory(array, buf)
         with pytest.raises(InvalidArgumentError, match="not in DMA memory"):
             array.device_address  # noqa: B018
+        with pytest.raises(InvalidArgumentError, match="not in DMA memory"):
+            array.flush()

@@ -195,6 +195,12 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
             raise self._freed_error()
         if isinstance(arr, Buffer) and isinstance(arr._block, Block):
             return arr
+        if context is None and self._block is not None and np.may_share_memory(arr, self):
+            # a view that numpy made as a plain ndarray and hands back to be wrapped
+            # (squeeze() does): a view of this buffer, with its device address
+            view: Buffer = arr.view(type(self))
+            view._block = self._block
+            return view
         result = arr.view(np.ndarray)
         if return_scalar or result.shape == ():
             return result[()]  # e.g. np.sum(buf): a numpy scalar, as for plain arrays
