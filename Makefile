@@ -34,7 +34,7 @@ help:
 	@echo "  make test-python-np1  host tests under numpy 1.26 (venv .venv/np1)"
 	@echo "  make test-python-np2  host tests under numpy 2.x (venv .venv/np2)"
 	@echo "  make test-packaging   wheel + sdist with the newest and the Yocto series' backends; docs links"
-	@echo "  make lint             ruff + mypy --strict on the package"
+	@echo "  make lint             ruff + mypy --strict on the package (against numpy 1.26 and 2.x stubs)"
 	@echo "  make bench            the benchmarks (ratios measured side by side)"
 	@echo "  make mutate           mutation testing (mutmut) of the address, sync, pool and ledger code; slow, not in make test"
 	@echo "  make run-sim          the seed example on the simulator (no QEMU)"

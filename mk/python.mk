@@ -33,9 +33,12 @@ test-python: test-python-np1 test-python-np2
 test-packaging: $(VENV)/np2/.stamp
 	$(VENV)/np2/bin/python -m pytest -q -p no:cacheprovider tests/packaging
 
-lint: $(VENV)/np2/.stamp
+# mypy --strict against both numpy versions' type stubs (they differ: 1.26 types
+# ndarray[Any, Any], 2.x the shape too)
+lint: $(VENV)/np2/.stamp $(VENV)/np1/.stamp
 	$(VENV)/np2/bin/ruff check --config $(PKG)/pyproject.toml $(PKG)/src tests/python tests/packaging tests/bench
 	cd $(PKG) && ../$(VENV)/np2/bin/mypy --strict src/pynq_alloc
+	cd $(PKG) && ../$(VENV)/np1/bin/mypy --strict src/pynq_alloc
 
 bench: $(VENV)/np2/.stamp
 	$(VENV)/np2/bin/python tests/bench/bench_allocate.py

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple, TypeVar, overload
 
 import numpy as np
 
@@ -40,6 +40,8 @@ from .share import ShareHandle
 
 if TYPE_CHECKING:
     from .backends.udmabuf import RegionHandle, RegionInfo
+
+_ArrayT = TypeVar("_ArrayT", bound="np.ndarray[Any, Any]")
 
 
 class Block:
@@ -150,6 +152,25 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
     pointer: Optional[FramePointer] = None
     return_to: Any = None
 
+    if TYPE_CHECKING:
+        # numpy's stubs say these return ndarray; on a Buffer they return a Buffer (a
+        # view, with its own device_address), so that typed code may call flush() on
+        # buf.reshape(...), buf.T or buf.view("u1"). view(np.ndarray) is an ndarray.
+        def reshape(self, *shape: Any, **kwargs: Any) -> Buffer: ...
+        def transpose(self, *axes: Any) -> Buffer: ...
+        def swapaxes(self, axis1: Any, axis2: Any) -> Buffer: ...
+        def squeeze(self, axis: Any = None) -> Buffer: ...
+        def ravel(self, order: Any = "C") -> Buffer: ...
+        @overload  # type: ignore[override,unused-ignore]
+        def view(self, dtype: type[_ArrayT]) -> _ArrayT: ...
+        @overload
+        def view(self, dtype: Any, type: type[_ArrayT]) -> _ArrayT: ...
+        @overload
+        def view(self, dtype: Any = None) -> Buffer: ...
+        def view(self, *args: Any, **kwargs: Any) -> Any: ...
+        @property
+        def T(self) -> Buffer: ...  # noqa: N802 (numpy's name)
+
     @classmethod
     def _from_block(cls, block: Block, mapping: Any, shape: Tuple[int, ...],
                     dtype: np.dtype[Any]) -> Buffer:
@@ -218,7 +239,7 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
     def __setitem__(self, index: Any, value: Any) -> None:
         if self._block is not None and self._block.freed:
             raise self._freed_error()
-        super().__setitem__(index, value)
+        super().__setitem__(index, value)  # type: ignore[no-untyped-call,unused-ignore]
 
     def copy(self, order: Any = "C") -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         """A plain ``ndarray`` copy (no device address)."""
@@ -232,10 +253,10 @@ class Buffer(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         """A flattened plain ``ndarray`` copy."""
         return self.view(np.ndarray).flatten(order)
 
-    def __copy__(self) -> np.ndarray:  # type: ignore[type-arg,unused-ignore]
+    def __copy__(self) -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         return self.copy()
 
-    def __deepcopy__(self, memo: Any) -> np.ndarray:  # type: ignore[type-arg,unused-ignore]
+    def __deepcopy__(self, memo: Any) -> np.ndarray:  # type: ignore[override,type-arg,unused-ignore]
         return self.copy()
 
     def __reduce__(self) -> Any:
