@@ -110,7 +110,8 @@ class Channel:
     def transfer(self, array: Buffer, start: int = 0, nbytes: int = 0,
                  cyclic: bool = False) -> None:
         nbytes = nbytes or array.nbytes - start
-        array.flush()  # PYNQ flushes before both directions (a no-op on write-combine)
+        array.flush()  # the model flushes before both directions (PYNQ 3.1 flushes the
+        # send buffer only): a no-op on write-combine, and harmless before a receive
         self.active = array
         address = array.device_address + start
         if not self.dma.sg:
@@ -455,6 +456,24 @@ def test_pynq_device_and_memory_objects_mean_the_first_region(sim: Simulator) ->
     device = PynqDeviceShape()
     for target in (device, device.default_memory):
         assert allocate(16, target=target, backend=backend).region.name == "udmabuf0"
+
+
+class PynqDeviceWithoutOverlay(PynqDeviceShape):
+    """pynq.Device's default_memory is a property; before an overlay is downloaded (or
+    with several memories active) reading it raises."""
+
+    def __init__(self) -> None:
+        pass
+
+    @property
+    def default_memory(self) -> Any:  # type: ignore[override]
+        raise RuntimeError("Overlay is not downloaded")
+
+
+def test_a_pynq_device_is_recognised_without_reading_its_default_memory(
+        sim: Simulator) -> None:
+    buf = allocate(16, target=PynqDeviceWithoutOverlay(), backend=sim.backend())
+    assert buf.region.name == "udmabuf0"
 
 
 @pytest.mark.parametrize("target", [0x7E000000, 3.5, ["udmabuf0"], object(), np.zeros(2), os])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import operator
 import types
@@ -87,6 +88,9 @@ def _check_cacheable(cacheable: Any) -> bool:
         f"False (write-combine, the default: no flush needed)")
 
 
+_ABSENT = object()
+
+
 def _is_pynq_target(target: Any) -> bool:
     """A PYNQ ``Device`` (an Overlay's ``.device``) or memory bank object, by its shape.
 
@@ -94,11 +98,15 @@ def _is_pynq_target(target: Any) -> bool:
     descriptors, ``target=memory`` for video frames). pynq is never imported: an
     object with a callable ``allocate`` plus a Device's ``default_memory`` or a
     memory bank's ``device`` is one of them, and means "the default region".
+    The attributes are looked up without running them: PYNQ's ``default_memory`` is a
+    property that raises on a board ("Overlay is not downloaded", "Multiple memories
+    active in design"), and its value is not needed here.
     """
     if isinstance(target, (type, types.ModuleType)) or not callable(
             getattr(target, "allocate", None)):
         return False
-    return hasattr(target, "default_memory") or hasattr(target, "device")
+    return any(inspect.getattr_static(target, name, _ABSENT) is not _ABSENT
+               for name in ("default_memory", "device"))
 
 
 def _resolve_target(backend: UdmabufBackend, target: Any) -> RegionInfo:
