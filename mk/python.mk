@@ -87,9 +87,9 @@ $(MUTMUT_VENV)/.stamp: tests/python/requirements-mutmut.txt tests/python/require
 MUTATE_PYTEST = env PYNQ_ALLOC_STATEFUL_EXAMPLES=$(MUTATE_EXAMPLES) $(abspath $(MUTMUT_VENV))/bin/python -m pytest -x -q -p no:cacheprovider --hypothesis-profile=mutate --basetemp $(abspath $(BUILD))/mutate-tmp
 # Order: the baseline (every test file the chosen modules' mutants run, on the unmutated
 # package: a red one would "kill" every mutant) stops the run when red, before the last
-# run's cache is removed; mutmut then exits
-# non-zero only on a fatal error (--CI: survivors are the score's business, not a
-# failure), and the score fails the target when no mutant was tried.
+# run's cache is removed; mutmut then exits non-zero only on a fatal error (--CI:
+# survivors are the score's business, not a failure), and the score fails the target
+# when no mutant was tried.
 mutate: $(MUTMUT_VENV)/.stamp
 	mkdir -p $(BUILD)
 	MUTATE_BASELINE="$(MUTATE_BASELINE)" PYTHONPATH=tests/python $(MUTMUT_VENV)/bin/python tests/python/mutmut_config.py baseline "$(MUTATE_PATHS)" $(MUTATE_PYTEST)

@@ -13,9 +13,10 @@ def churn_until(backend: UdmabufBackend, done: Callable[[], bool]) -> None:
     """Allocate and free one small buffer until ``done()``; a ledger that never
     compacts fails here (the bound is four times the records that start a compaction)
     instead of looping until the file fills /dev/shm."""
-    for _ in range(2 * ledger_module._COMPACT_MIN_RECORDS):
+    churns = 2 * ledger_module._COMPACT_MIN_RECORDS
+    for _ in range(churns):
         if done():
             return
         allocate(64, "u1", backend=backend).freebuffer()
-    assert done(), "no compaction after 16,384 records (8,192 allocate + free)"
+    assert done(), f"no compaction after {2 * churns:,} records ({churns:,} allocate + free)"
 

@@ -57,6 +57,11 @@ TESTS = {
 _lines: Dict[str, Set[int]] = {}
 
 
+def test_files(path: str) -> List[str]:
+    """The host test files that the mutants of the file ``path`` run, in order."""
+    return [f"tests/python/{name}" for name in TESTS[os.path.basename(path)]]
+
+
 def _span(node: Any) -> Set[int]:
     return set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
 
@@ -115,7 +120,7 @@ def pre_mutation(context: Any) -> None:
     if context.current_line_index + 1 not in _lines[path]:
         context.skip = True
         return
-    tests = " ".join(f"tests/python/{name}" for name in TESTS[os.path.basename(path)])
+    tests = " ".join(test_files(path))
     # the runner's own test list (`make mutate` gives a short one: mutmut times it once
     # and gives each mutant ten times as long before it counts as a timeout)
     prefix = context.config._default_test_command.split(" tests/python/test_", 1)[0]
@@ -163,8 +168,7 @@ def module_tests(paths: str) -> List[str]:
             f"{', '.join(sorted(SCOPE))} (or add the file to SCOPE and TESTS)")
     tests: List[str] = []
     for path in chosen:
-        tests += [f"tests/python/{name}" for name in TESTS[os.path.basename(path)]
-                  if f"tests/python/{name}" not in tests]
+        tests += [t for t in test_files(path) if t not in tests]
     return tests
 
 
@@ -195,8 +199,9 @@ def score(*caches: str) -> Tuple[str, int]:
     overall and per module, and how many mutants were tried."""
     import sqlite3
 
-    status: Dict[Any, str] = {}
-    where: Dict[Any, Tuple[int, str]] = {}  # mutmut's id of the mutant, the cache's checkout
+    # (file, line number, line, index on the line) -> (status, mutmut's id of the
+    # mutant, the checkout whose cache holds it)
+    status: Dict[Tuple[str, int, str, int], Tuple[str, int, str]] = {}
     for cache in caches:
         with sqlite3.connect(cache) as db:
             for name, number, text, index, state, ident in db.execute(
@@ -205,34 +210,34 @@ def score(*caches: str) -> Tuple[str, int]:
                     "JOIN Line ON Mutant.line = Line.id "
                     "JOIN SourceFile ON Line.sourcefile = SourceFile.id"):
                 key = (os.path.relpath(name), number, text, index)
-                if status.get(key) in (None, "untested", "skipped"):
-                    status[key] = state
-                    where[key] = (ident, os.path.dirname(os.path.abspath(cache)))
+                if status.get(key, ("untested",))[0] in ("untested", "skipped"):
+                    status[key] = (state, ident, os.path.dirname(os.path.abspath(cache)))
     per_file: Dict[str, Dict[str, int]] = {}
-    for (name, _, _, _), state in status.items():
+    for (name, _, _, _), (state, _, _) in status.items():
         for counts in (per_file.setdefault("", {}), per_file.setdefault(name, {})):
             counts[state] = counts.get(state, 0) + 1
 
-    def summary(counts: Dict[str, int]) -> Tuple[int, int, str]:
+    def summary(counts: Dict[str, int]) -> Tuple[int, str]:
         # a timeout is a mutant that loops or deadlocks: CI would hang and fail, so it
         # is killed
         timeouts = counts.get("bad_timeout", 0)
         killed = counts.get("ok_killed", 0) + counts.get("ok_suspicious", 0) + timeouts
         tried = killed + counts.get("bad_survived", 0)
-        return killed, tried, (
+        return tried, (
             f"{killed} of {tried} mutants killed ({100 * killed / max(tried, 1):.1f}%; "
             f"{timeouts} of them by a timeout); {counts.get('skipped', 0)} out of scope, "
             f"{counts.get('untested', 0)} not tried")
 
-    _, tried, overall = summary(per_file.get("", {}))
+    tried, overall = summary(per_file.get("", {}))
     lines = [f"mutation score: {overall}"]
-    lines += [f"  {name}: {summary(counts)[2]}"
+    lines += [f"  {name}: {summary(counts)[1]}"
               for name, counts in sorted(per_file.items()) if name]
     # `mutmut show <id>` in the checkout whose cache tried the mutant prints its diff
-    lines += [f"  survived: {name}:{number}: {text.strip()}  [mutmut show {where[key][0]}"
-              f"{' in ' + where[key][1] if len(caches) > 1 else ''}]"
-              for key, state in sorted(status.items()) if state == "bad_survived"
-              for name, number, text, _ in [key]]
+    for (name, number, text, _), (state, ident, checkout) in sorted(status.items()):
+        if state == "bad_survived":
+            where = f" in {checkout}" if len(caches) > 1 else ""
+            lines.append(f"  survived: {name}:{number}: {text.strip()}  "
+                         f"[mutmut show {ident}{where}]")
     if not tried:
         lines.append("make mutate: no mutant was tried (an empty or interrupted run, or a "
                      "shard with nothing in scope): this is no score")

@@ -34,27 +34,21 @@ REGIONS = [SimRegion("udmabuf0", 1 << 20, 0x7E001000),  # only 4 KiB-aligned, on
 _shared: Dict[str, Simulator] = {}
 
 
-def shared_simulator() -> Simulator:
-    """One simulator for all sequences (each sequence ends with an empty pool)."""
-    if "sim" not in _shared:
-        _shared["sim"] = Simulator(REGIONS, record_syncs=True)
-    return _shared["sim"]
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _often_compacted_ledger_and_one_simulator() -> Iterator[None]:
-    """Compact the ledger often, so that sequences cross compactions too (and the full
+    """One simulator for all sequences (each sequence ends with an empty pool), its
+    ledger compacted often, so that sequences cross compactions too (and the full
     replay in teardown() stays short); afterwards the threshold is put back for the
-    test files that run next, and the shared simulator's files leave /dev/shm."""
+    test files that run next, and the simulator's files leave /dev/shm."""
     threshold = ledger_module._COMPACT_MIN_RECORDS
     ledger_module._COMPACT_MIN_RECORDS = 64
     try:
-        yield
+        with Simulator(REGIONS, record_syncs=True) as sim:
+            _shared["sim"] = sim
+            yield
     finally:
         ledger_module._COMPACT_MIN_RECORDS = threshold
-        sim = _shared.pop("sim", None)
-        if sim is not None:
-            sim.close()
+        _shared.pop("sim", None)
 
 
 class Allocation:
@@ -69,7 +63,7 @@ class Allocation:
 class BufferMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sim = shared_simulator()
+        self.sim = _shared["sim"]
         self.backend = self.sim.backend()  # shares the process's one handle per region
         self.allocations: List[Allocation] = []
         self.views: List[Tuple[Buffer, Allocation, Any]] = []
